@@ -1,0 +1,104 @@
+//! Server configuration: a TOML file, overridden by command-line flags.
+//!
+//! Every option has a default, so `quince serve` with no file runs. The README's
+//! configuration reference lists the same options; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `quince serve` can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Directory holding the database, the certificate and key.
+    pub data_dir: PathBuf,
+    /// Log filter: error, warn, info, debug, trace (or a tracing directive).
+    pub log_level: String,
+    /// Runtime worker threads; 0 means one per CPU core.
+    pub worker_threads: usize,
+    /// PEM certificate chain to serve instead of the self-signed one.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Connections beyond this are refused.
+    pub max_connections: usize,
+    /// Page cache of the database, in MiB.
+    pub cache_mb: usize,
+    /// Default lifetime of invites made by administrators, in hours.
+    pub invite_ttl_hours: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "[::]:4433".parse().expect("valid literal"),
+            data_dir: PathBuf::from("./quince-data"),
+            log_level: "info".into(),
+            worker_threads: 0,
+            cert: None,
+            key: None,
+            max_connections: 25_000,
+            cache_mb: 32,
+            invite_ttl_hours: 24 * 7,
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("`cert` and `key` must be given together")]
+    CertWithoutKey,
+}
+
+impl Config {
+    /// Reads a TOML file; options it leaves out keep their defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+    }
+
+    /// Checks combinations a single field cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(ConfigError::CertWithoutKey);
+        }
+        Ok(())
+    }
+
+    /// Worker threads to start: the configured number, or one per core.
+    pub fn threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            self.worker_threads
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_file_keeps_defaults() {
+        let c: Config = toml::from_str("listen = \"127.0.0.1:5000\"\ncache_mb = 8\n").unwrap();
+        assert_eq!(c.listen.port(), 5000);
+        assert_eq!(c.cache_mb, 8);
+        assert_eq!(c.data_dir, PathBuf::from("./quince-data"));
+    }
+
+    #[test]
+    fn unknown_option_is_an_error() {
+        assert!(toml::from_str::<Config>("lissen = \"x\"").is_err());
+    }
+}

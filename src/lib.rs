@@ -1,0 +1,17 @@
+//! quince: a private instant-messaging server for small hardware, and its client.
+//!
+//! - [`protocol`]: frames, requests, responses and events on the wire.
+//! - [`store`]: the redb database with group commit.
+//! - [`server`] and [`connection`]: the daemon.
+//! - [`hub`]: online devices and event fan-out.
+//! - [`client`]: the async client library apps embed.
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod connection;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,576 @@
+//! The quince wire protocol: frames, requests, responses and server events.
+//!
+//! Everything a client and the server exchange is defined here, and
+//! `docs/PROTOCOL.md` is its prose twin. Frames are a 4-byte big-endian length
+//! followed by one CBOR (RFC 8949) map. CBOR was chosen over a Rust-only format
+//! so that apps in Kotlin, Swift or JavaScript can speak the protocol with a
+//! stock library.
+//!
+//! Requests are maps with an `id` (chosen by the client, echoed in the
+//! response) and an `op` naming the request; responses carry the same `id` and
+//! either `ok` (the result map) or `err` (code and message). Events pushed by the
+//! server carry `ev` instead of `id`.
+
+use ciborium::Value;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_bytes::ByteBuf;
+
+/// ALPN protocol name; the digit is the protocol's major version.
+pub const ALPN: &[u8] = b"quince/1";
+/// Largest frame body (the CBOR map) either side may send, in bytes.
+pub const MAX_FRAME: usize = 256 * 1024;
+/// Largest message text, in bytes of UTF-8.
+pub const MAX_TEXT: usize = 16 * 1024;
+/// Largest opaque application payload (`ext`) of a message, in bytes.
+pub const MAX_EXT: usize = 16 * 1024;
+/// Largest page of messages a `history` request returns.
+pub const MAX_PAGE: u32 = 500;
+/// Byte budget for one page of messages, so a page always fits in a frame.
+pub const PAGE_BYTES: usize = 192 * 1024;
+/// Length of a client-chosen message id, in bytes.
+pub const MID_LEN: usize = 16;
+
+/// QUIC application error codes used when the server closes a connection.
+pub mod close {
+    /// Normal close (client quit, or logout).
+    pub const NORMAL: u32 = 0;
+    /// The server is shutting down; reconnect later.
+    pub const SHUTDOWN: u32 = 1;
+    /// The account was disabled or its password reset by an administrator.
+    pub const ACCOUNT_DISABLED: u32 = 2;
+    /// The client sent a frame over [`super::MAX_FRAME`] or a broken length prefix.
+    pub const PROTOCOL_VIOLATION: u32 = 3;
+    /// The client did not read its events fast enough; reconnect and sync.
+    pub const SLOW_CONSUMER: u32 = 4;
+    /// This device's token was revoked.
+    pub const DEVICE_REVOKED: u32 = 5;
+}
+
+/// Role of an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Member,
+    Admin,
+}
+
+/// Where a message goes: an existing conversation, or the direct conversation
+/// with a user (created on first use).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Conv(u64),
+    User(String),
+}
+
+/// Every request a client can make. The `op` tag names it on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Create an account with an invite token; logs this connection in.
+    Register { invite: String, username: String, password: String, device: String },
+    /// Log in with a password; creates a device and returns its token.
+    Login { username: String, password: String, device: String },
+    /// Log in with a device token from an earlier `login`/`register`.
+    Resume { token: String },
+    /// Revoke this device's token and log the connection out.
+    Logout {},
+    /// Who this connection is logged in as.
+    Whoami {},
+    /// Keep-alive / round-trip probe; works before login.
+    Ping {},
+    /// Send a message. Exactly one of `conv` or `user` is given.
+    Send {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conv: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        mid: ByteBuf,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ext: Option<ByteBuf>,
+    },
+    /// Which conversations have messages this device has not acknowledged.
+    Sync {},
+    /// Every conversation of the user, with its last sequence number.
+    Conversations {},
+    /// A page of a conversation: after `after` (forwards) or before `before`
+    /// (backwards; neither means the newest page).
+    History {
+        conv: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        limit: u32,
+    },
+    /// This device has received everything in `conv` up to `seq`.
+    Ack { conv: u64, seq: u64 },
+    /// Create a group with the caller as owner and the named members.
+    GroupCreate { name: String, members: Vec<String> },
+    GroupAdd { conv: u64, user: String },
+    GroupRemove { conv: u64, user: String },
+    GroupLeave { conv: u64 },
+    GroupMembers { conv: u64 },
+    /// Admin: create an invite token.
+    AdminInvite {
+        #[serde(default)]
+        role: Role,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u64>,
+    },
+    AdminUsers {},
+    AdminDisable { user: String },
+    AdminEnable { user: String },
+    AdminResetPassword { user: String, password: String },
+    AdminStatus {},
+}
+
+impl Request {
+    /// Every `op` name this server understands, for telling "unknown request"
+    /// apart from "malformed request".
+    pub const OPS: &'static [&'static str] = &[
+        "register",
+        "login",
+        "resume",
+        "logout",
+        "whoami",
+        "ping",
+        "send",
+        "sync",
+        "conversations",
+        "history",
+        "ack",
+        "group_create",
+        "group_add",
+        "group_remove",
+        "group_leave",
+        "group_members",
+        "admin_invite",
+        "admin_users",
+        "admin_disable",
+        "admin_enable",
+        "admin_reset_password",
+        "admin_status",
+    ];
+}
+
+/// Error codes in `err.code`. Stable strings: clients switch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a CBOR map with an `id` and `op`.
+    BadFrame,
+    /// The `op` is not one this server knows.
+    UnknownRequest,
+    /// The request's fields are missing, of the wrong type, or out of range.
+    BadRequest,
+    /// The request needs a logged-in connection.
+    NotAuthenticated,
+    /// `register`/`login`/`resume` on a connection that is already logged in.
+    AlreadyAuthenticated,
+    /// Wrong username or password.
+    InvalidCredentials,
+    /// Unknown, expired or revoked device token.
+    InvalidToken,
+    /// Unknown, used or expired invite token.
+    InvalidInvite,
+    /// The account is disabled.
+    AccountDisabled,
+    /// Username does not follow the rules (3–32 of `a-z 0-9 _ . -`, starts with a letter or digit).
+    InvalidUsername,
+    UsernameTaken,
+    /// Password shorter than 8 or longer than 1024 bytes.
+    WeakPassword,
+    /// No such user, conversation or message.
+    NotFound,
+    /// Not allowed: not a member, not an admin, not the group's owner…
+    Forbidden,
+    /// Text over [`MAX_TEXT`] bytes.
+    TextTooLong,
+    /// `ext` over [`MAX_EXT`] bytes.
+    ExtTooLarge,
+    /// Too many failed attempts; wait `retry_after_ms`.
+    RateLimited,
+    /// The server is shutting down and takes no more writes.
+    ShuttingDown,
+    /// The same message id was already used for a different message.
+    Conflict,
+    /// A server-side fault (disk full, I/O error); nothing was stored.
+    Internal,
+}
+
+/// The `err` half of a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// What a message carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body {
+    Text {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ext: Option<ByteBuf>,
+    },
+    GroupCreated { name: String },
+    MemberAdded { user: String },
+    MemberRemoved { user: String },
+    MemberLeft { user: String },
+}
+
+/// One message of a conversation, as stored and as delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub conv: u64,
+    pub seq: u64,
+    pub mid: ByteBuf,
+    /// Username of the sender.
+    pub from: String,
+    /// Device id of the sender, so an app can tell its own devices' messages apart.
+    pub device: u64,
+    /// Server time of the commit, milliseconds since the Unix epoch.
+    pub ts: u64,
+    pub body: Body,
+}
+
+/// Kind of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvKind {
+    Direct,
+    Group,
+}
+
+/// One conversation in `sync` and `conversations` results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvSummary {
+    pub conv: u64,
+    pub kind: ConvKind,
+    /// Group name, or the other user's name for a direct conversation.
+    pub name: String,
+    /// Newest sequence number this user may read.
+    pub last_seq: u64,
+    /// Highest sequence number this device has acknowledged.
+    pub cursor: u64,
+    /// False once the user left or was removed (history up to then stays readable).
+    pub member: bool,
+}
+
+/// Result of `register`, `login` and `resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub user: String,
+    pub role: Role,
+    pub device: u64,
+    /// The device token; present after `register` and `login` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// Result of `send`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendAck {
+    pub conv: u64,
+    pub seq: u64,
+    pub ts: u64,
+    /// True when this `mid` had already been stored: nothing new was written.
+    pub duplicate: bool,
+}
+
+/// Result of `sync` and `conversations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvList {
+    pub conversations: Vec<ConvSummary>,
+}
+
+/// Result of `history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// Messages in ascending sequence order.
+    pub messages: Vec<Message>,
+    /// True when more messages lie beyond this page in the requested direction.
+    pub more: bool,
+}
+
+/// Result of `group_create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    pub conv: u64,
+}
+
+/// A member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub user: String,
+    pub owner: bool,
+}
+
+/// Result of `group_members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    pub name: String,
+    pub members: Vec<Member>,
+}
+
+/// Result of `admin_invite`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    pub token: String,
+    pub role: Role,
+    /// Expiry, milliseconds since the Unix epoch.
+    pub expires: u64,
+}
+
+/// An account in `admin_users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub user: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub devices: u32,
+    pub created: u64,
+}
+
+/// Result of `admin_users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Users {
+    pub users: Vec<UserInfo>,
+}
+
+/// Result of `admin_status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub connections: u64,
+    pub users: u64,
+    pub messages: u64,
+    pub store_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub memory_rss_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub load_average: [f64; 3],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f32>,
+}
+
+/// An empty result (`{}`), for requests that only succeed or fail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {}
+
+/// Events the server pushes on the event stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Event {
+    /// A new message in one of the user's conversations.
+    Message(Message),
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("frame is not valid CBOR: {0}")]
+    Cbor(String),
+    #[error("frame is not a CBOR map with an `id` and an `op`")]
+    NotARequest,
+    #[error("stream ended inside a frame")]
+    Truncated,
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A request as read off the wire, before its `op` is interpreted.
+pub struct RawRequest {
+    pub id: u64,
+    pub op: String,
+    /// The map without `id`, for deserializing into [`Request`].
+    pub body: Value,
+}
+
+impl RawRequest {
+    /// Interprets the map as a known request; `None` for an unknown `op`.
+    pub fn parse(self) -> Result<Option<Request>, String> {
+        if !Request::OPS.contains(&self.op.as_str()) {
+            return Ok(None);
+        }
+        self.body.deserialized::<Request>().map(Some).map_err(|e| e.to_string())
+    }
+}
+
+/// A frame as the client reads it off the control stream.
+pub enum Reply {
+    Ok { id: u64, result: Value },
+    Err { id: u64, error: ErrorBody },
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    // Serializing our own types into a CBOR value cannot fail: they hold only
+    // strings, integers, byte strings, floats, sequences and maps.
+    Value::serialized(v).expect("protocol types always serialize")
+}
+
+/// Prefixes a CBOR value with its length.
+fn frame(value: &Value) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    ciborium::into_writer(value, &mut out).expect("writing to a Vec cannot fail");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Encodes a request frame: `{"id": id, "op": ..., fields...}`.
+pub fn encode_request(id: u64, request: &Request) -> Vec<u8> {
+    let mut entries = vec![(Value::from("id"), Value::from(id))];
+    if let Value::Map(fields) = to_value(request) {
+        entries.extend(fields);
+    }
+    frame(&Value::Map(entries))
+}
+
+/// Encodes a success response: `{"id": id, "ok": result}`.
+pub fn encode_ok<T: Serialize>(id: u64, result: &T) -> Vec<u8> {
+    frame(&Value::Map(vec![
+        (Value::from("id"), Value::from(id)),
+        (Value::from("ok"), to_value(result)),
+    ]))
+}
+
+/// Encodes an error response: `{"id": id, "err": {"code": ..., "message": ...}}`.
+pub fn encode_err(id: u64, error: &ErrorBody) -> Vec<u8> {
+    frame(&Value::Map(vec![
+        (Value::from("id"), Value::from(id)),
+        (Value::from("err"), to_value(error)),
+    ]))
+}
+
+/// Encodes an event frame: `{"ev": ..., fields...}`.
+pub fn encode_event(event: &Event) -> Vec<u8> {
+    frame(&to_value(event))
+}
+
+/// Reads one length-prefixed frame body. `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R>(recv: &mut R) -> Result<Option<Vec<u8>>, FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    Ok(Some(body))
+}
+
+fn decode_map(body: &[u8]) -> Result<Vec<(Value, Value)>, FrameError> {
+    match ciborium::from_reader::<Value, _>(body) {
+        Ok(Value::Map(entries)) => Ok(entries),
+        Ok(_) => Err(FrameError::NotARequest),
+        Err(e) => Err(FrameError::Cbor(e.to_string())),
+    }
+}
+
+fn take(entries: &mut Vec<(Value, Value)>, key: &str) -> Option<Value> {
+    let at = entries.iter().position(|(k, _)| k.as_text() == Some(key))?;
+    Some(entries.remove(at).1)
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    v.as_integer().and_then(|i| u64::try_from(i).ok())
+}
+
+/// Splits a request frame body into id, op and the remaining fields.
+pub fn decode_request(body: &[u8]) -> Result<RawRequest, FrameError> {
+    let mut entries = decode_map(body)?;
+    let id = take(&mut entries, "id").as_ref().and_then(as_u64).ok_or(FrameError::NotARequest)?;
+    let op = entries
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("op"))
+        .and_then(|(_, v)| v.as_text())
+        .ok_or(FrameError::NotARequest)?
+        .to_string();
+    Ok(RawRequest { id, op, body: Value::Map(entries) })
+}
+
+/// Decodes a response frame body (client side).
+pub fn decode_reply(body: &[u8]) -> Result<Reply, FrameError> {
+    let mut entries = decode_map(body)?;
+    let id = take(&mut entries, "id").as_ref().and_then(as_u64).ok_or(FrameError::NotARequest)?;
+    if let Some(err) = take(&mut entries, "err") {
+        let error = err.deserialized::<ErrorBody>().map_err(|e| FrameError::Cbor(e.to_string()))?;
+        return Ok(Reply::Err { id, error });
+    }
+    let result = take(&mut entries, "ok").ok_or(FrameError::NotARequest)?;
+    Ok(Reply::Ok { id, result })
+}
+
+/// Decodes an event frame body (client side).
+pub fn decode_event(body: &[u8]) -> Result<Event, FrameError> {
+    ciborium::from_reader::<Event, _>(body).map_err(|e| FrameError::Cbor(e.to_string()))
+}
+
+/// Deserializes a response's `ok` value into the result type of its request.
+pub fn decode_result<T: DeserializeOwned>(value: Value) -> Result<T, FrameError> {
+    value.deserialized::<T>().map_err(|e| FrameError::Cbor(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips() {
+        let req = Request::Send {
+            conv: None,
+            user: Some("bob".into()),
+            mid: ByteBuf::from(vec![7u8; 16]),
+            text: "hi".into(),
+            ext: None,
+        };
+        let bytes = encode_request(9, &req);
+        let raw = decode_request(&bytes[4..]).unwrap();
+        assert_eq!(raw.id, 9);
+        assert_eq!(raw.op, "send");
+        assert_eq!(raw.parse().unwrap(), Some(req));
+    }
+
+    #[test]
+    fn unknown_op_is_not_malformed() {
+        let v = Value::Map(vec![
+            ("id".into(), 3u64.into()),
+            ("op".into(), "teleport".into()),
+        ]);
+        let mut body = Vec::new();
+        ciborium::into_writer(&v, &mut body).unwrap();
+        let raw = decode_request(&body).unwrap();
+        assert_eq!(raw.parse().unwrap(), None);
+    }
+
+    #[test]
+    fn garbage_is_a_frame_error() {
+        assert!(decode_request(&[0xff, 0x00, 0x13]).is_err());
+        assert!(matches!(decode_request(&[0x01]), Err(FrameError::NotARequest)));
+    }
+}

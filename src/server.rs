@@ -1,0 +1,197 @@
+//! The daemon: binds the QUIC endpoint, accepts connections, and shuts down cleanly.
+//!
+//! Shutdown story: when the shutdown future resolves the endpoint stops
+//! accepting, every connection stops reading new requests and finishes the ones
+//! it has (their commits are answered), connections are closed with the
+//! `shutdown` code, and the store's writer commits what is queued and exits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::auth::{self, Throttle};
+use crate::config::Config;
+use crate::connection;
+use crate::hub::Hub;
+use crate::protocol::{ALPN, close};
+use crate::store::{Store, StoreError, WriteOp, WriteOutcome, WriterThread};
+use crate::tls::{self, TlsError};
+
+/// File in the data directory holding the first-start admin invite until it is used.
+pub const ADMIN_INVITE_FILE: &str = "admin-invite.txt";
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "quince.redb";
+/// Lifetime of the first-start admin invite.
+const ADMIN_INVITE_TTL_MS: u64 = 30 * 24 * 3_600_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// What every connection shares.
+pub struct State {
+    pub store: Store,
+    pub hub: Hub,
+    pub throttle: Throttle,
+    pub config: Config,
+    pub started: Instant,
+    pub connections: AtomicU64,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A bound, ready server.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+    writer: WriterThread,
+    shutdown: watch::Sender<bool>,
+    /// SHA-256 of the served certificate, for clients to compare.
+    pub fingerprint: String,
+    /// True when this start created the self-signed certificate.
+    pub new_certificate: bool,
+    /// The admin invite, when this start created it (empty data directory).
+    pub admin_invite: Option<String>,
+}
+
+impl Server {
+    /// Prepares the data directory, store and certificate, and binds the UDP socket.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let dir = config.data_dir.clone();
+        create_private_dir(&dir)?;
+        let (store, writer) = Store::open(&dir.join(DB_FILE), config.cache_mb.max(1) * 1024 * 1024)?;
+        let configured = config.cert.as_deref().zip(config.key.as_deref());
+        let (identity, new_certificate) = tls::load_or_create(&dir, configured)?;
+        let fingerprint = identity.fingerprint();
+        let admin_invite = bootstrap_invite(&store, &dir).await?;
+
+        let mut crypto = rustls::ServerConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TlsError::from)?
+            .with_no_client_auth()
+            .with_single_cert(identity.chain, identity.key)
+            .map_err(TlsError::from)?;
+        crypto.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server_config.transport_config(Arc::new(transport()));
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let state = Arc::new(State {
+            store,
+            hub: Hub::default(),
+            throttle: Throttle::default(),
+            config,
+            started: Instant::now(),
+            connections: AtomicU64::new(0),
+            shutdown: shutdown_rx,
+        });
+        Ok(Server { endpoint, state, writer, shutdown, fingerprint, new_certificate, admin_invite })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until `stop` resolves, then shuts down cleanly.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        let Server { endpoint, state, writer, shutdown, .. } = self;
+        let mut connections = JoinSet::new();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    if connections.len() >= state.config.max_connections {
+                        tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+                        incoming.refuse();
+                        continue;
+                    }
+                    connections.spawn(connection::handle(state.clone(), incoming));
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        tracing::info!(connections = connections.len(), "shutting down: no new connections");
+        endpoint.set_server_config(None);
+        let _ = shutdown.send(true);
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still busy after 10 s; closing them");
+            connections.shutdown().await;
+        }
+        endpoint.close(close::SHUTDOWN.into(), b"server shutting down");
+        drop(state);
+        let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+        // The writer exits once the last store handle is gone, after committing its queue.
+        let _ = tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || writer.join())).await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Transport limits sized for many mostly idle phones on a small board.
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(quinn::VarInt::from_u32(60_000).into()));
+    // The control stream, plus room for later features' streams.
+    t.max_concurrent_bidi_streams(8u32.into());
+    // Clients never open unidirectional streams.
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window(quinn::VarInt::from_u32(512 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(1024 * 1024));
+    t.send_window(1024 * 1024);
+    t
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| ServerError::DataDir { path: dir.display().to_string(), source };
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// On an empty store, makes the one-time admin invite and writes it to a file
+/// in the data directory. Once an account exists the file is removed.
+async fn bootstrap_invite(store: &Store, dir: &Path) -> Result<Option<String>, ServerError> {
+    let file = dir.join(ADMIN_INVITE_FILE);
+    let (token, token_hash) = auth::new_token();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        + ADMIN_INVITE_TTL_MS;
+    match store.write(WriteOp::Bootstrap { token_hash, expires }).await? {
+        WriteOutcome::Bootstrapped(true) => {
+            tls::write_private(&file, format!("{token}\n").as_bytes())?;
+            Ok(Some(token))
+        }
+        _ => {
+            if store.counts()?.0 > 0 {
+                let _ = std::fs::remove_file(&file);
+            }
+            Ok(None)
+        }
+    }
+}

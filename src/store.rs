@@ -1,0 +1,1019 @@
+//! The durable store: one redb file holding accounts, devices, conversations
+//! and messages.
+//!
+//! Reads run on the caller's thread in their own read transaction, so they
+//! never wait for a writer (redb is MVCC). All writes go through one writer
+//! thread that groups whatever requests are queued into a single write
+//! transaction and commits it with `Durability::Immediate` (group commit): one
+//! fsync acknowledges a whole batch, and each request is answered only after
+//! the commit that holds it returned.
+//!
+//! # Key encodings
+//! Composite keys are fixed-width byte arrays of big-endian integers, so redb's
+//! byte-wise ordering is numeric ordering. Values are CBOR maps of the record
+//! structs below (or the wire [`Message`]).
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | name (text) | `schema_version`: u32 BE; `next_user`/`next_device`/`next_conv`: u64 BE |
+//! | `users` | user id (u64) | [`UserRecord`] |
+//! | `usernames` | username (text) | user id |
+//! | `devices` | device id (u64) | [`DeviceRecord`] |
+//! | `device_tokens` | SHA-256 of the token (32 bytes) | device id |
+//! | `user_devices` | user id ‖ device id (16 bytes) | () |
+//! | `invites` | SHA-256 of the token (32 bytes) | [`InviteRecord`] |
+//! | `conversations` | conversation id (u64) | [`ConvRecord`] |
+//! | `direct_index` | lower user id ‖ higher user id | conversation id |
+//! | `members` | conversation id ‖ user id | [`Membership`] |
+//! | `user_conversations` | user id ‖ conversation id | () |
+//! | `messages` | conversation id ‖ sequence number | [`Message`] |
+//! | `message_ids` | sender user id ‖ client message id (24 bytes) | conversation id ‖ sequence number |
+//! | `cursors` | device id ‖ conversation id | acknowledged sequence number (u64) |
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{
+    Body, ConvKind, ConvSummary, ErrorCode, MAX_PAGE, MID_LEN, Member, Members, Message,
+    PAGE_BYTES, Page, Role, SendAck, Target, UserInfo,
+};
+
+/// The schema version this build writes. A later release migrates older files.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Most requests committed in one write transaction.
+const MAX_BATCH: usize = 1024;
+/// Queue of write requests waiting for the writer thread; senders wait when it is full.
+const WRITE_QUEUE: usize = 4096;
+/// Most members a group may have.
+pub const MAX_GROUP_MEMBERS: usize = 2000;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
+const USERNAMES: TableDefinition<&str, u64> = TableDefinition::new("usernames");
+const DEVICES: TableDefinition<u64, &[u8]> = TableDefinition::new("devices");
+const DEVICE_TOKENS: TableDefinition<[u8; 32], u64> = TableDefinition::new("device_tokens");
+const USER_DEVICES: TableDefinition<[u8; 16], ()> = TableDefinition::new("user_devices");
+const INVITES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("invites");
+const CONVS: TableDefinition<u64, &[u8]> = TableDefinition::new("conversations");
+const DIRECT: TableDefinition<[u8; 16], u64> = TableDefinition::new("direct_index");
+const MEMBERS: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("members");
+const USER_CONVS: TableDefinition<[u8; 16], ()> = TableDefinition::new("user_conversations");
+const MESSAGES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("messages");
+const MESSAGE_IDS: TableDefinition<[u8; 24], [u8; 16]> = TableDefinition::new("message_ids");
+const CURSORS: TableDefinition<[u8; 16], u64> = TableDefinition::new("cursors");
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The request is refused; the code and text go back to the client as they are.
+    #[error("{1}")]
+    Rejected(ErrorCode, String),
+    #[error("database error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("corrupt record in table {0}")]
+    Corrupt(&'static str),
+    #[error("the database file was written by a newer quince (schema {0}); this build reads {SCHEMA_VERSION}")]
+    NewerSchema(u32),
+    #[error("the store is shut down")]
+    Closed,
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+fn reject<T>(code: ErrorCode, msg: impl Into<String>) -> Result<T, StoreError> {
+    Err(StoreError::Rejected(code, msg.into()))
+}
+
+/// An account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created: u64,
+}
+
+/// A logged-in device of an account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub user: u64,
+    pub name: String,
+    #[serde(with = "serde_bytes")]
+    pub token_hash: Vec<u8>,
+    pub created: u64,
+}
+
+/// An unused invite.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteRecord {
+    pub role: Role,
+    pub expires: u64,
+    /// User id of the admin who made it; 0 for the first-start invite.
+    pub created_by: u64,
+}
+
+/// A conversation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConvRecord {
+    pub kind: ConvKind,
+    /// Group name; empty for direct conversations.
+    pub name: String,
+    /// For direct conversations: the two user names (lower id first).
+    pub peers: Vec<String>,
+    /// Owner of a group; 0 for direct conversations.
+    pub owner: u64,
+    pub last_seq: u64,
+    pub created: u64,
+}
+
+/// One user's membership of a conversation: which sequence numbers they may read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Membership {
+    pub from_seq: u64,
+    /// Set when the user left or was removed: the last sequence number they may read.
+    pub until_seq: Option<u64>,
+}
+
+impl Membership {
+    fn active(&self) -> bool {
+        self.until_seq.is_none()
+    }
+}
+
+fn k16(a: u64, b: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+fn split16(k: [u8; 16]) -> (u64, u64) {
+    let a = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+    let b = u64::from_be_bytes(k[8..].try_into().expect("8 bytes"));
+    (a, b)
+}
+
+fn mid_key(user: u64, mid: &[u8]) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&user.to_be_bytes());
+    k[8..].copy_from_slice(mid);
+    k
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    ciborium::into_writer(v, &mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+fn dec<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    ciborium::from_reader(bytes).map_err(|_| StoreError::Corrupt(table))
+}
+
+/// A write request for the writer thread.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// First start: make the admin invite if there are no accounts and no invites.
+    Bootstrap { token_hash: [u8; 32], expires: u64 },
+    Register {
+        invite_hash: [u8; 32],
+        username: String,
+        password: String,
+        device: String,
+        token_hash: [u8; 32],
+        now: u64,
+    },
+    AddDevice { user: u64, device: String, token_hash: [u8; 32], now: u64 },
+    RemoveDevice { device: u64 },
+    Send {
+        user: u64,
+        username: String,
+        device: u64,
+        target: Target,
+        mid: [u8; MID_LEN],
+        text: String,
+        ext: Option<ByteBuf>,
+        now: u64,
+    },
+    Ack { user: u64, device: u64, conv: u64, seq: u64 },
+    GroupCreate { user: u64, username: String, device: u64, name: String, members: Vec<String>, now: u64 },
+    GroupAdd { user: u64, username: String, device: u64, conv: u64, member: String, now: u64 },
+    GroupRemove { user: u64, username: String, device: u64, conv: u64, member: String, now: u64 },
+    GroupLeave { user: u64, username: String, device: u64, conv: u64, now: u64 },
+    CreateInvite { token_hash: [u8; 32], role: Role, expires: u64, created_by: u64 },
+    SetDisabled { username: String, disabled: bool },
+    ResetPassword { username: String, password: String },
+}
+
+/// What a committed write produced.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    Done,
+    Bootstrapped(bool),
+    /// A new account or device: (user id, username, role, device id).
+    Device { user: u64, username: String, role: Role, device: u64 },
+    /// A stored message and the users whose devices should get it pushed.
+    Message { ack: SendAck, message: Option<Message>, recipients: Vec<u64> },
+    /// A new group.
+    Group { conv: u64, message: Message, recipients: Vec<u64> },
+    /// An account whose connections must now be closed, and its revoked devices.
+    Account { user: u64, devices: Vec<u64> },
+}
+
+struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+}
+
+/// Handle to the store. Cheap to clone; the writer thread stops when the last
+/// handle is dropped, after committing what was queued.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+    writer: mpsc::Sender<Job>,
+}
+
+/// Joins the writer thread once every [`Store`] handle is gone.
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits until every queued write is committed and the writer has exited.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database file and starts the writer thread.
+    /// `cache_bytes` bounds redb's page cache.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<(Store, WriterThread), StoreError> {
+        let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let version = match meta.get("schema_version")? {
+                Some(v) => Some(u32::from_be_bytes(
+                    v.value().try_into().map_err(|_| StoreError::Corrupt("meta"))?,
+                )),
+                None => None,
+            };
+            match version {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                }
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema(v)),
+                Some(_) => {}
+            }
+            // Create every table so readers never meet a missing one.
+            txn.open_table(USERS)?;
+            txn.open_table(USERNAMES)?;
+            txn.open_table(DEVICES)?;
+            txn.open_table(DEVICE_TOKENS)?;
+            txn.open_table(USER_DEVICES)?;
+            txn.open_table(INVITES)?;
+            txn.open_table(CONVS)?;
+            txn.open_table(DIRECT)?;
+            txn.open_table(MEMBERS)?;
+            txn.open_table(USER_CONVS)?;
+            txn.open_table(MESSAGES)?;
+            txn.open_table(MESSAGE_IDS)?;
+            txn.open_table(CURSORS)?;
+        }
+        txn.commit()?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let writer_db = db.clone();
+        let handle = std::thread::Builder::new()
+            .name("quince-writer".into())
+            .spawn(move || writer_loop(writer_db, rx))
+            .map_err(|e| StoreError::Db(redb::StorageError::Io(e).into()))?;
+        Ok((Store { db, path: path.to_path_buf(), writer: tx }, WriterThread(handle)))
+    }
+
+    /// Queues a write; the returned receiver resolves after its commit.
+    /// Queueing order is commit order, so one connection's sends keep their order.
+    pub async fn submit(
+        &self,
+        op: WriteOp,
+    ) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer.send(Job { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Queues a write and waits for its commit.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        self.submit(op).await?.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Size of the database file in bytes.
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn user_by_name(&self, name: &str) -> Result<Option<(u64, UserRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(id) = txn.open_table(USERNAMES)?.get(name)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        Ok(read_user(&txn.open_table(USERS)?, id)?.map(|u| (id, u)))
+    }
+
+    pub fn user(&self, id: u64) -> Result<Option<UserRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        read_user(&txn.open_table(USERS)?, id)
+    }
+
+    /// The device a token belongs to, with its account.
+    pub fn device_by_token(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<(u64, DeviceRecord, UserRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(id) = txn.open_table(DEVICE_TOKENS)?.get(token_hash)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let Some(dev) = txn.open_table(DEVICES)?.get(id)?.map(|v| v.value().to_vec()) else {
+            return Ok(None);
+        };
+        let dev: DeviceRecord = dec("devices", &dev)?;
+        let Some(user) = read_user(&txn.open_table(USERS)?, dev.user)? else {
+            return Ok(None);
+        };
+        Ok(Some((id, dev, user)))
+    }
+
+    /// The user's conversations with this device's cursor in each; with
+    /// `changed_only`, just those with messages past the cursor.
+    pub fn conversations(
+        &self,
+        user: u64,
+        device: u64,
+        changed_only: bool,
+    ) -> Result<Vec<ConvSummary>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let user_convs = txn.open_table(USER_CONVS)?;
+        let convs = txn.open_table(CONVS)?;
+        let members = txn.open_table(MEMBERS)?;
+        let cursors = txn.open_table(CURSORS)?;
+        let users = txn.open_table(USERS)?;
+        let me = read_user(&users, user)?.map(|u| u.name).unwrap_or_default();
+        let mut out = Vec::new();
+        for entry in user_convs.range(k16(user, 0)..=k16(user, u64::MAX))? {
+            let (key, _) = entry?;
+            let (_, conv) = split16(key.value());
+            let Some(rec) = convs.get(conv)? else { continue };
+            let rec: ConvRecord = dec("conversations", rec.value())?;
+            let Some(m) = members.get(k16(conv, user))? else { continue };
+            let m: Membership = dec("members", m.value())?;
+            let last_seq = m.until_seq.unwrap_or(rec.last_seq);
+            let cursor = cursors
+                .get(k16(device, conv))?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                .max(m.from_seq.saturating_sub(1));
+            if changed_only && last_seq <= cursor {
+                continue;
+            }
+            let name = match rec.kind {
+                ConvKind::Group => rec.name.clone(),
+                ConvKind::Direct => rec
+                    .peers
+                    .iter()
+                    .find(|p| **p != me)
+                    .or(rec.peers.first())
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            out.push(ConvSummary {
+                conv,
+                kind: rec.kind,
+                name,
+                last_seq,
+                cursor,
+                member: m.active(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The direct conversation between two users, if it exists.
+    pub fn direct_conv(&self, a: u64, b: u64) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DIRECT)?.get(k16(a.min(b), a.max(b)))?.map(|v| v.value()))
+    }
+
+    /// A page of a conversation the user may read.
+    pub fn history(
+        &self,
+        user: u64,
+        conv: u64,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        if after.is_some() && before.is_some() {
+            return reject(ErrorCode::BadRequest, "give `after` or `before`, not both");
+        }
+        let limit = limit.clamp(1, MAX_PAGE) as usize;
+        let txn = self.db.begin_read()?;
+        let (rec, m) = readable(&txn.open_table(CONVS)?, &txn.open_table(MEMBERS)?, conv, user)?;
+        let lo = m.from_seq.max(1);
+        let hi = m.until_seq.unwrap_or(rec.last_seq);
+        let messages_table = txn.open_table(MESSAGES)?;
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        if let Some(after) = after {
+            let start = after.saturating_add(1).max(lo);
+            if start <= hi {
+                for entry in messages_table.range(k16(conv, start)..=k16(conv, hi))? {
+                    let (_, v) = entry?;
+                    let v = v.value();
+                    if messages.len() == limit || (bytes + v.len() > PAGE_BYTES && !messages.is_empty()) {
+                        more = true;
+                        break;
+                    }
+                    bytes += v.len();
+                    messages.push(dec::<Message>("messages", v)?);
+                }
+            }
+        } else {
+            let end = before.unwrap_or(u64::MAX).min(hi.saturating_add(1));
+            if end > lo {
+                for entry in messages_table.range(k16(conv, lo)..k16(conv, end))?.rev() {
+                    let (_, v) = entry?;
+                    let v = v.value();
+                    if messages.len() == limit || (bytes + v.len() > PAGE_BYTES && !messages.is_empty()) {
+                        more = true;
+                        break;
+                    }
+                    bytes += v.len();
+                    messages.push(dec::<Message>("messages", v)?);
+                }
+                messages.reverse();
+            }
+        }
+        Ok(Page { messages, more })
+    }
+
+    /// Members of a group the user belongs to.
+    pub fn members(&self, user: u64, conv: u64) -> Result<Members, StoreError> {
+        let txn = self.db.begin_read()?;
+        let convs = txn.open_table(CONVS)?;
+        let members = txn.open_table(MEMBERS)?;
+        let (rec, m) = readable(&convs, &members, conv, user)?;
+        if !m.active() {
+            return reject(ErrorCode::Forbidden, format!("you are no longer a member of conversation {conv}"));
+        }
+        let users = txn.open_table(USERS)?;
+        let mut out = Vec::new();
+        for entry in members.range(k16(conv, 0)..=k16(conv, u64::MAX))? {
+            let (k, v) = entry?;
+            let m: Membership = dec("members", v.value())?;
+            if !m.active() {
+                continue;
+            }
+            let (_, uid) = split16(k.value());
+            if let Some(u) = read_user(&users, uid)? {
+                out.push(Member { user: u.name, owner: uid == rec.owner });
+            }
+        }
+        Ok(Members { name: rec.name, members: out })
+    }
+
+    /// Every account, for administrators.
+    pub fn users(&self) -> Result<Vec<UserInfo>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let users = txn.open_table(USERS)?;
+        let user_devices = txn.open_table(USER_DEVICES)?;
+        let mut out = Vec::new();
+        for entry in users.iter()? {
+            let (k, v) = entry?;
+            let u: UserRecord = dec("users", v.value())?;
+            let id = k.value();
+            let devices = user_devices.range(k16(id, 0)..=k16(id, u64::MAX))?.count() as u32;
+            out.push(UserInfo { user: u.name, role: u.role, disabled: u.disabled, devices, created: u.created });
+        }
+        Ok(out)
+    }
+
+    /// Counts for the status report: (users, messages).
+    pub fn counts(&self) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok((txn.open_table(USERS)?.len()?, txn.open_table(MESSAGES)?.len()?))
+    }
+}
+
+fn read_user(
+    users: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<UserRecord>, StoreError> {
+    match users.get(id)? {
+        Some(v) => Ok(Some(dec("users", v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// The conversation and the user's membership of it, or `Forbidden`. A
+/// conversation that does not exist gets the same answer as one the user is not
+/// in, so ids cannot be probed.
+fn readable(
+    convs: &impl ReadableTable<u64, &'static [u8]>,
+    members: &impl ReadableTable<[u8; 16], &'static [u8]>,
+    conv: u64,
+    user: u64,
+) -> Result<(ConvRecord, Membership), StoreError> {
+    let m = match members.get(k16(conv, user))? {
+        Some(v) => dec::<Membership>("members", v.value())?,
+        None => return reject(ErrorCode::Forbidden, format!("you are not a member of conversation {conv}")),
+    };
+    let rec = match convs.get(conv)? {
+        Some(v) => dec::<ConvRecord>("conversations", v.value())?,
+        None => return Err(StoreError::Corrupt("conversations")),
+    };
+    Ok((rec, m))
+}
+
+fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match commit_batch(&db, &batch) {
+            Ok(results) => {
+                for (job, result) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = batch.len(), "write transaction failed; nothing in it was stored");
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Rejected(
+                        ErrorCode::Internal,
+                        "the server could not store this; nothing was saved".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Applies a batch in one transaction. A request refused by validation leaves
+/// nothing written and does not affect the others; a storage error fails the batch.
+fn commit_batch(
+    db: &Database,
+    batch: &[Job],
+) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut w = Writer::open(&txn)?;
+        for job in batch {
+            match w.apply(&job.op) {
+                Err(StoreError::Rejected(code, msg)) => {
+                    results.push(Err(StoreError::Rejected(code, msg)))
+                }
+                Err(e) => return Err(e),
+                Ok(outcome) => results.push(Ok(outcome)),
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(results)
+}
+
+/// Every table, open in one write transaction.
+struct Writer<'t> {
+    meta: Table<'t, &'static str, &'static [u8]>,
+    users: Table<'t, u64, &'static [u8]>,
+    usernames: Table<'t, &'static str, u64>,
+    devices: Table<'t, u64, &'static [u8]>,
+    device_tokens: Table<'t, [u8; 32], u64>,
+    user_devices: Table<'t, [u8; 16], ()>,
+    invites: Table<'t, [u8; 32], &'static [u8]>,
+    convs: Table<'t, u64, &'static [u8]>,
+    direct: Table<'t, [u8; 16], u64>,
+    members: Table<'t, [u8; 16], &'static [u8]>,
+    user_convs: Table<'t, [u8; 16], ()>,
+    messages: Table<'t, [u8; 16], &'static [u8]>,
+    message_ids: Table<'t, [u8; 24], [u8; 16]>,
+    cursors: Table<'t, [u8; 16], u64>,
+}
+
+impl<'t> Writer<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Writer {
+            meta: txn.open_table(META)?,
+            users: txn.open_table(USERS)?,
+            usernames: txn.open_table(USERNAMES)?,
+            devices: txn.open_table(DEVICES)?,
+            device_tokens: txn.open_table(DEVICE_TOKENS)?,
+            user_devices: txn.open_table(USER_DEVICES)?,
+            invites: txn.open_table(INVITES)?,
+            convs: txn.open_table(CONVS)?,
+            direct: txn.open_table(DIRECT)?,
+            members: txn.open_table(MEMBERS)?,
+            user_convs: txn.open_table(USER_CONVS)?,
+            messages: txn.open_table(MESSAGES)?,
+            message_ids: txn.open_table(MESSAGE_IDS)?,
+            cursors: txn.open_table(CURSORS)?,
+        })
+    }
+
+    fn next_id(&mut self, counter: &str) -> Result<u64, StoreError> {
+        let current = match self.meta.get(counter)? {
+            Some(v) => u64::from_be_bytes(v.value().try_into().map_err(|_| StoreError::Corrupt("meta"))?),
+            None => 1,
+        };
+        self.meta.insert(counter, (current + 1).to_be_bytes().as_slice())?;
+        Ok(current)
+    }
+
+    fn user_id(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.usernames.get(name)?.map(|v| v.value()))
+    }
+
+    fn user(&self, id: u64) -> Result<Option<UserRecord>, StoreError> {
+        read_user(&self.users, id)
+    }
+
+    fn conv(&self, id: u64) -> Result<Option<ConvRecord>, StoreError> {
+        match self.convs.get(id)? {
+            Some(v) => Ok(Some(dec("conversations", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn membership(&self, conv: u64, user: u64) -> Result<Option<Membership>, StoreError> {
+        match self.members.get(k16(conv, user))? {
+            Some(v) => Ok(Some(dec("members", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set_membership(&mut self, conv: u64, user: u64, m: &Membership) -> Result<(), StoreError> {
+        self.members.insert(k16(conv, user), enc(m).as_slice())?;
+        self.user_convs.insert(k16(user, conv), ())?;
+        Ok(())
+    }
+
+    /// Current members of a conversation.
+    fn active_members(&self, conv: u64) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.members.range(k16(conv, 0)..=k16(conv, u64::MAX))? {
+            let (k, v) = entry?;
+            let m: Membership = dec("members", v.value())?;
+            if m.active() {
+                out.push(split16(k.value()).1);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends a message to a conversation and moves the sending device's
+    /// cursor past it when the device had everything before it.
+    fn append(
+        &mut self,
+        conv: u64,
+        rec: &mut ConvRecord,
+        mid: [u8; MID_LEN],
+        from: &str,
+        device: u64,
+        now: u64,
+        body: Body,
+    ) -> Result<Message, StoreError> {
+        rec.last_seq += 1;
+        let seq = rec.last_seq;
+        let message = Message { conv, seq, mid: ByteBuf::from(mid.to_vec()), from: from.to_string(), device, ts: now, body };
+        self.messages.insert(k16(conv, seq), enc(&message).as_slice())?;
+        self.convs.insert(conv, enc(rec).as_slice())?;
+        let cursor_key = k16(device, conv);
+        let cursor = self.cursors.get(cursor_key)?.map(|v| v.value()).unwrap_or(0);
+        if cursor + 1 == seq {
+            self.cursors.insert(cursor_key, seq)?;
+        }
+        Ok(message)
+    }
+
+    fn create_device(&mut self, user: u64, name: &str, token_hash: [u8; 32], now: u64) -> Result<u64, StoreError> {
+        let id = self.next_id("next_device")?;
+        let rec = DeviceRecord { user, name: name.to_string(), token_hash: token_hash.to_vec(), created: now };
+        self.devices.insert(id, enc(&rec).as_slice())?;
+        self.device_tokens.insert(token_hash, id)?;
+        self.user_devices.insert(k16(user, id), ())?;
+        Ok(id)
+    }
+
+    fn remove_device(&mut self, device: u64) -> Result<(), StoreError> {
+        let Some(rec) = self.devices.remove(device)?.map(|v| v.value().to_vec()) else {
+            return Ok(());
+        };
+        let rec: DeviceRecord = dec("devices", &rec)?;
+        if let Ok(hash) = <[u8; 32]>::try_from(rec.token_hash.as_slice()) {
+            self.device_tokens.remove(hash)?;
+        }
+        self.user_devices.remove(k16(rec.user, device))?;
+        self.cursors.retain_in(k16(device, 0)..=k16(device, u64::MAX), |_, _| false)?;
+        Ok(())
+    }
+
+    fn user_devices(&self, user: u64) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.user_devices.range(k16(user, 0)..=k16(user, u64::MAX))? {
+            out.push(split16(entry?.0.value()).1);
+        }
+        Ok(out)
+    }
+
+    fn group_for_change(&self, conv: u64, actor: u64) -> Result<ConvRecord, StoreError> {
+        let rec = match self.conv(conv)? {
+            Some(r) if r.kind == ConvKind::Group => r,
+            _ => return reject(ErrorCode::Forbidden, format!("you are not a member of group {conv}")),
+        };
+        match self.membership(conv, actor)? {
+            Some(m) if m.active() => Ok(rec),
+            _ => reject(ErrorCode::Forbidden, format!("you are not a member of group {conv}")),
+        }
+    }
+
+    fn apply(&mut self, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
+        match op {
+            WriteOp::Bootstrap { token_hash, expires } => {
+                if !self.users.is_empty()? || !self.invites.is_empty()? {
+                    return Ok(WriteOutcome::Bootstrapped(false));
+                }
+                let rec = InviteRecord { role: Role::Admin, expires: *expires, created_by: 0 };
+                self.invites.insert(*token_hash, enc(&rec).as_slice())?;
+                Ok(WriteOutcome::Bootstrapped(true))
+            }
+            WriteOp::Register { invite_hash, username, password, device, token_hash, now } => {
+                let invite: InviteRecord = match self.invites.get(invite_hash)? {
+                    Some(v) => dec("invites", v.value())?,
+                    None => return reject(ErrorCode::InvalidInvite, "unknown or already used invite"),
+                };
+                if invite.expires < *now {
+                    self.invites.remove(invite_hash)?;
+                    return reject(ErrorCode::InvalidInvite, "this invite has expired");
+                }
+                if self.user_id(username)?.is_some() {
+                    return reject(ErrorCode::UsernameTaken, format!("the name {username} is taken"));
+                }
+                self.invites.remove(invite_hash)?;
+                let id = self.next_id("next_user")?;
+                let rec = UserRecord {
+                    name: username.clone(),
+                    password: password.clone(),
+                    role: invite.role,
+                    disabled: false,
+                    created: *now,
+                };
+                self.users.insert(id, enc(&rec).as_slice())?;
+                self.usernames.insert(username.as_str(), id)?;
+                let dev = self.create_device(id, device, *token_hash, *now)?;
+                Ok(WriteOutcome::Device { user: id, username: username.clone(), role: invite.role, device: dev })
+            }
+            WriteOp::AddDevice { user, device, token_hash, now } => {
+                let rec = match self.user(*user)? {
+                    Some(r) if !r.disabled => r,
+                    Some(_) => return reject(ErrorCode::AccountDisabled, "this account is disabled"),
+                    None => return reject(ErrorCode::InvalidCredentials, "wrong username or password"),
+                };
+                let dev = self.create_device(*user, device, *token_hash, *now)?;
+                Ok(WriteOutcome::Device { user: *user, username: rec.name, role: rec.role, device: dev })
+            }
+            WriteOp::RemoveDevice { device } => {
+                self.remove_device(*device)?;
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::Send { user, username, device, target, mid, text, ext, now } => {
+                self.send(*user, username, *device, target, *mid, text, ext, *now)
+            }
+            WriteOp::Ack { user, device, conv, seq } => {
+                let (rec, m) = readable(&self.convs, &self.members, *conv, *user)?;
+                let top = m.until_seq.unwrap_or(rec.last_seq);
+                let key = k16(*device, *conv);
+                let current = self.cursors.get(key)?.map(|v| v.value()).unwrap_or(0);
+                let next = (*seq).min(top);
+                if next > current {
+                    self.cursors.insert(key, next)?;
+                }
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::GroupCreate { user, username, device, name, members, now } => {
+                let mut ids = vec![*user];
+                for member in members {
+                    match self.user_id(member)? {
+                        Some(id) if !ids.contains(&id) => ids.push(id),
+                        Some(_) => {}
+                        None => return reject(ErrorCode::NotFound, format!("no user named {member}")),
+                    }
+                }
+                if ids.len() > MAX_GROUP_MEMBERS {
+                    return reject(ErrorCode::BadRequest, format!("a group has at most {MAX_GROUP_MEMBERS} members"));
+                }
+                let conv = self.next_id("next_conv")?;
+                let mut rec = ConvRecord {
+                    kind: ConvKind::Group,
+                    name: name.clone(),
+                    peers: Vec::new(),
+                    owner: *user,
+                    last_seq: 0,
+                    created: *now,
+                };
+                for id in &ids {
+                    self.set_membership(conv, *id, &Membership { from_seq: 1, until_seq: None })?;
+                }
+                let body = Body::GroupCreated { name: name.clone() };
+                let message = self.append(conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
+                Ok(WriteOutcome::Group { conv, message, recipients: ids })
+            }
+            WriteOp::GroupAdd { user, username, device, conv, member, now } => {
+                let mut rec = self.group_for_change(*conv, *user)?;
+                let Some(member_id) = self.user_id(member)? else {
+                    return reject(ErrorCode::NotFound, format!("no user named {member}"));
+                };
+                if matches!(self.membership(*conv, member_id)?, Some(m) if m.active()) {
+                    return Ok(WriteOutcome::Done);
+                }
+                let mut recipients = self.active_members(*conv)?;
+                if recipients.len() >= MAX_GROUP_MEMBERS {
+                    return reject(ErrorCode::BadRequest, format!("a group has at most {MAX_GROUP_MEMBERS} members"));
+                }
+                let seq = rec.last_seq + 1;
+                self.set_membership(*conv, member_id, &Membership { from_seq: seq, until_seq: None })?;
+                let body = Body::MemberAdded { user: member.clone() };
+                let message = self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
+                recipients.push(member_id);
+                Ok(WriteOutcome::Message { ack: ack_of(&message, false), message: Some(message), recipients })
+            }
+            WriteOp::GroupRemove { user, username, device, conv, member, now } => {
+                let mut rec = self.group_for_change(*conv, *user)?;
+                if rec.owner != *user {
+                    return reject(ErrorCode::Forbidden, "only the group's owner can remove members");
+                }
+                let Some(member_id) = self.user_id(member)? else {
+                    return reject(ErrorCode::NotFound, format!("no user named {member}"));
+                };
+                if member_id == *user {
+                    return reject(ErrorCode::BadRequest, "use group_leave to leave a group");
+                }
+                let Some(mut m) = self.membership(*conv, member_id)?.filter(|m| m.active()) else {
+                    return reject(ErrorCode::NotFound, format!("{member} is not a member of group {conv}"));
+                };
+                let recipients = self.active_members(*conv)?;
+                let body = Body::MemberRemoved { user: member.clone() };
+                let message = self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
+                m.until_seq = Some(message.seq);
+                self.set_membership(*conv, member_id, &m)?;
+                Ok(WriteOutcome::Message { ack: ack_of(&message, false), message: Some(message), recipients })
+            }
+            WriteOp::GroupLeave { user, username, device, conv, now } => {
+                let mut rec = self.group_for_change(*conv, *user)?;
+                let recipients = self.active_members(*conv)?;
+                let body = Body::MemberLeft { user: username.clone() };
+                if rec.owner == *user {
+                    // Ownership passes to the longest-standing remaining member.
+                    rec.owner = recipients.iter().copied().find(|id| id != user).unwrap_or(0);
+                }
+                let message = self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
+                let mut m = self.membership(*conv, *user)?.ok_or(StoreError::Corrupt("members"))?;
+                m.until_seq = Some(message.seq);
+                self.set_membership(*conv, *user, &m)?;
+                Ok(WriteOutcome::Message { ack: ack_of(&message, false), message: Some(message), recipients })
+            }
+            WriteOp::CreateInvite { token_hash, role, expires, created_by } => {
+                let rec = InviteRecord { role: *role, expires: *expires, created_by: *created_by };
+                self.invites.insert(*token_hash, enc(&rec).as_slice())?;
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::SetDisabled { username, disabled } => {
+                let Some(id) = self.user_id(username)? else {
+                    return reject(ErrorCode::NotFound, format!("no user named {username}"));
+                };
+                let mut rec = self.user(id)?.ok_or(StoreError::Corrupt("users"))?;
+                rec.disabled = *disabled;
+                self.users.insert(id, enc(&rec).as_slice())?;
+                Ok(WriteOutcome::Account { user: id, devices: Vec::new() })
+            }
+            WriteOp::ResetPassword { username, password } => {
+                let Some(id) = self.user_id(username)? else {
+                    return reject(ErrorCode::NotFound, format!("no user named {username}"));
+                };
+                let mut rec = self.user(id)?.ok_or(StoreError::Corrupt("users"))?;
+                rec.password = password.clone();
+                self.users.insert(id, enc(&rec).as_slice())?;
+                // A reset means the old password may be known to someone else:
+                // every device logged in with it is signed out.
+                let devices = self.user_devices(id)?;
+                for d in &devices {
+                    self.remove_device(*d)?;
+                }
+                Ok(WriteOutcome::Account { user: id, devices })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        user: u64,
+        username: &str,
+        device: u64,
+        target: &Target,
+        mid: [u8; MID_LEN],
+        text: &str,
+        ext: &Option<ByteBuf>,
+        now: u64,
+    ) -> Result<WriteOutcome, StoreError> {
+        let body = Body::Text { text: text.to_string(), ext: ext.clone() };
+        // Idempotency: a retried send finds its first attempt.
+        if let Some(at) = self.message_ids.get(mid_key(user, &mid))?.map(|v| v.value()) {
+            let stored: Message = match self.messages.get(at)? {
+                Some(v) => dec("messages", v.value())?,
+                None => return Err(StoreError::Corrupt("message_ids")),
+            };
+            if stored.body != body {
+                return reject(ErrorCode::Conflict, "this message id was already used for another message");
+            }
+            return Ok(WriteOutcome::Message { ack: ack_of(&stored, true), message: None, recipients: Vec::new() });
+        }
+        let (conv, mut rec) = match target {
+            Target::Conv(conv) => {
+                let rec = self.conv(*conv)?;
+                match (rec, self.membership(*conv, user)?) {
+                    (Some(rec), Some(m)) if m.active() => (*conv, rec),
+                    _ => return reject(ErrorCode::Forbidden, format!("you are not a member of conversation {conv}")),
+                }
+            }
+            Target::User(name) => {
+                let Some(peer) = self.user_id(name)? else {
+                    return reject(ErrorCode::NotFound, format!("no user named {name}"));
+                };
+                let key = k16(user.min(peer), user.max(peer));
+                let existing = self.direct.get(key)?.map(|v| v.value());
+                match existing {
+                    Some(conv) => (conv, self.conv(conv)?.ok_or(StoreError::Corrupt("direct_index"))?),
+                    None => {
+                        let conv = self.next_id("next_conv")?;
+                        let (lo, hi) = (user.min(peer), user.max(peer));
+                        let lo_name = if lo == user { username.to_string() } else { name.clone() };
+                        let hi_name = if hi == user { username.to_string() } else { name.clone() };
+                        let rec = ConvRecord {
+                            kind: ConvKind::Direct,
+                            name: String::new(),
+                            peers: vec![lo_name, hi_name],
+                            owner: 0,
+                            last_seq: 0,
+                            created: now,
+                        };
+                        self.direct.insert(key, conv)?;
+                        for id in [user, peer] {
+                            self.set_membership(conv, id, &Membership { from_seq: 1, until_seq: None })?;
+                        }
+                        (conv, rec)
+                    }
+                }
+            }
+        };
+        let recipients = self.active_members(conv)?;
+        let message = self.append(conv, &mut rec, mid, username, device, now, body)?;
+        self.message_ids.insert(mid_key(user, &mid), k16(conv, message.seq))?;
+        Ok(WriteOutcome::Message { ack: ack_of(&message, false), message: Some(message), recipients })
+    }
+}
+
+fn ack_of(m: &Message, duplicate: bool) -> SendAck {
+    SendAck { conv: m.conv, seq: m.seq, ts: m.ts, duplicate }
+}
