@@ -1,0 +1,520 @@
+//! The async client library an app embeds.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), quince::client::ClientError> {
+//! use quince::client::{Client, Trust};
+//! use quince::protocol::Target;
+//! let client = Client::connect("127.0.0.1:4433".parse().unwrap(), Trust::FirstUse).await?;
+//! println!("pin this fingerprint: {}", client.fingerprint());
+//! client.login("alice", "correct horse", "laptop").await?;
+//! let mut inbox = client.subscribe().await?;
+//! client.send(Target::User("bob".into()), "hello", None).await?;
+//! while let Some(message) = inbox.recv().await {
+//!     println!("{}: {:?}", message.from, message.body);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! [`Client::subscribe`] gives every message of every conversation exactly
+//! once and in order per conversation: it syncs what was missed, then follows
+//! the live event stream, fills any gap from history, and acknowledges what it
+//! has handed over so the server's cursor for this device moves on. Messages
+//! this device sent itself are not echoed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{
+    self, ALPN, ConvList, Created, Done, ErrorBody, ErrorCode, Event, Invite, MID_LEN, Members,
+    Message, Page, Reply, Request, Role, SendAck, Session, Status, Target, Users,
+};
+pub use crate::tls::Trust;
+use crate::tls::PinVerifier;
+
+/// Messages queued for the app before the client stops reading events.
+const INBOX: usize = 1024;
+/// Page size used when catching up.
+const SYNC_PAGE: u32 = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(
+        "the server's certificate changed: pinned fingerprint {expected}, server presented {got}. \
+         If the server was reinstalled on purpose, remove its entry from your known servers; \
+         otherwise someone may be intercepting the connection"
+    )]
+    FingerprintChanged { expected: String, got: String },
+    #[error("{}: {}", code_name(.code), .message)]
+    Server { code: ErrorCode, message: String, retry_after_ms: Option<u64> },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the connection is closed")]
+    Closed,
+    #[error("local socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+fn code_name(code: &ErrorCode) -> String {
+    match ciborium::Value::serialized(code) {
+        Ok(ciborium::Value::Text(t)) => t,
+        _ => format!("{code:?}"),
+    }
+}
+
+impl ClientError {
+    /// The server's error code, if the server refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+/// Shared between the client handle and its background tasks.
+struct Inner {
+    conn: quinn::Connection,
+    control: tokio::sync::Mutex<quinn::SendStream>,
+    pending: Pending,
+    next_id: AtomicU64,
+    /// This connection's device id once logged in.
+    device: AtomicU64,
+    /// Per-conversation cursors of the subscribed inbox, shared so that `send`
+    /// can move past this device's own messages.
+    cursors: Mutex<Option<HashMap<u64, u64>>>,
+}
+
+/// A connection to a quince server.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    fingerprint: String,
+    // Keeps the UDP socket alive as long as the client.
+    _endpoint: quinn::Endpoint,
+}
+
+/// Makes a client endpoint (one UDP socket) that many [`Client`]s can share.
+pub fn endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
+    Ok(quinn::Endpoint::client(bind)?)
+}
+
+fn client_config(verifier: Arc<PinVerifier>) -> Result<quinn::ClientConfig, ClientError> {
+    let mut crypto = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(15)));
+    transport.max_idle_timeout(Some(quinn::VarInt::from_u32(60_000).into()));
+    transport.max_concurrent_bidi_streams(0u32.into());
+    transport.max_concurrent_uni_streams(4u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+impl Client {
+    /// Connects from a fresh local socket.
+    pub async fn connect(addr: SocketAddr, trust: Trust) -> Result<Client, ClientError> {
+        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+        Client::connect_on(&endpoint(bind)?, addr, trust).await
+    }
+
+    /// Connects over an existing endpoint (so thousands of clients can share a few sockets).
+    pub async fn connect_on(endpoint: &quinn::Endpoint, addr: SocketAddr, trust: Trust) -> Result<Client, ClientError> {
+        let verifier = PinVerifier::new(trust.clone());
+        let config = client_config(verifier.clone())?;
+        let conn = match endpoint.connect_with(config, addr, "quince")?.await {
+            Ok(conn) => conn,
+            Err(e) => {
+                if let (Trust::Pinned(expected), Some(got)) = (&trust, verifier.seen()) {
+                    if !expected.eq_ignore_ascii_case(&got) {
+                        return Err(ClientError::FingerprintChanged { expected: expected.clone(), got });
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        let fingerprint = verifier.seen().ok_or_else(|| ClientError::Tls("no server certificate seen".into()))?;
+        let (send, recv) = conn.open_bi().await?;
+        let pending: Pending = Arc::default();
+        tokio::spawn(read_replies(recv, pending.clone()));
+        let inner = Arc::new(Inner {
+            conn,
+            control: tokio::sync::Mutex::new(send),
+            pending,
+            next_id: AtomicU64::new(1),
+            device: AtomicU64::new(0),
+            cursors: Mutex::new(None),
+        });
+        Ok(Client { inner, fingerprint, _endpoint: endpoint.clone() })
+    }
+
+    /// SHA-256 fingerprint of the server's certificate (hex), to pin.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Sends a request and waits for its result.
+    pub async fn call<T: DeserializeOwned>(&self, request: Request) -> Result<T, ClientError> {
+        call(&self.inner, request).await
+    }
+
+    /// Sends raw bytes on the control stream (for tests of the server's handling of bad input).
+    pub async fn send_raw(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        let mut control = self.inner.control.lock().await;
+        control.write_all(bytes).await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Waits for the reply with this id (after [`Client::send_raw`]).
+    pub async fn expect_reply(&self, id: u64) -> Result<ciborium::Value, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        into_result(rx.await.map_err(|_| self.closed_error())?)
+    }
+
+    fn closed_error(&self) -> ClientError {
+        closed_error(&self.inner.conn)
+    }
+
+    fn logged_in(&self, session: Session) -> Session {
+        self.inner.device.store(session.device, Ordering::Relaxed);
+        session
+    }
+
+    pub async fn register(&self, invite: &str, username: &str, password: &str, device: &str) -> Result<Session, ClientError> {
+        let req = Request::Register {
+            invite: invite.into(),
+            username: username.into(),
+            password: password.into(),
+            device: device.into(),
+        };
+        Ok(self.logged_in(self.call(req).await?))
+    }
+
+    pub async fn login(&self, username: &str, password: &str, device: &str) -> Result<Session, ClientError> {
+        let req = Request::Login { username: username.into(), password: password.into(), device: device.into() };
+        Ok(self.logged_in(self.call(req).await?))
+    }
+
+    pub async fn resume(&self, token: &str) -> Result<Session, ClientError> {
+        Ok(self.logged_in(self.call(Request::Resume { token: token.into() }).await?))
+    }
+
+    /// Revokes this device's token.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.call::<Done>(Request::Logout {}).await.map(|_| ())
+    }
+
+    pub async fn whoami(&self) -> Result<Session, ClientError> {
+        self.call(Request::Whoami {}).await
+    }
+
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.call::<Done>(Request::Ping {}).await.map(|_| ())
+    }
+
+    /// Sends a text message with a fresh random message id.
+    pub async fn send(&self, to: Target, text: &str, ext: Option<Vec<u8>>) -> Result<SendAck, ClientError> {
+        let mut mid = [0u8; MID_LEN];
+        rand::fill(&mut mid);
+        self.send_with_id(to, mid, text, ext).await
+    }
+
+    /// Sends with a caller-chosen message id: retrying with the same id after a
+    /// lost connection never stores the message twice.
+    pub async fn send_with_id(
+        &self,
+        to: Target,
+        mid: [u8; MID_LEN],
+        text: &str,
+        ext: Option<Vec<u8>>,
+    ) -> Result<SendAck, ClientError> {
+        let (conv, user) = match to {
+            Target::Conv(c) => (Some(c), None),
+            Target::User(u) => (None, Some(u)),
+        };
+        let req = Request::Send {
+            conv,
+            user,
+            mid: ByteBuf::from(mid.to_vec()),
+            text: text.into(),
+            ext: ext.map(ByteBuf::from),
+        };
+        let ack: SendAck = self.call(req).await?;
+        // Our own message is not echoed back: step the inbox past it.
+        if let Some(cursors) = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let cursor = cursors.entry(ack.conv).or_insert(0);
+            if *cursor + 1 == ack.seq {
+                *cursor = ack.seq;
+            }
+        }
+        Ok(ack)
+    }
+
+    /// Conversations with messages this device has not acknowledged.
+    pub async fn sync(&self) -> Result<ConvList, ClientError> {
+        self.call(Request::Sync {}).await
+    }
+
+    pub async fn conversations(&self) -> Result<ConvList, ClientError> {
+        self.call(Request::Conversations {}).await
+    }
+
+    /// Messages after `after` (forwards), or before `before` (backwards; both
+    /// `None` for the newest page), in ascending order.
+    pub async fn history(&self, conv: u64, after: Option<u64>, before: Option<u64>, limit: u32) -> Result<Page, ClientError> {
+        self.call(Request::History { conv, after, before, limit }).await
+    }
+
+    pub async fn ack(&self, conv: u64, seq: u64) -> Result<(), ClientError> {
+        self.call::<Done>(Request::Ack { conv, seq }).await.map(|_| ())
+    }
+
+    pub async fn group_create(&self, name: &str, members: &[&str]) -> Result<u64, ClientError> {
+        let members = members.iter().map(|m| m.to_string()).collect();
+        let created: Created = self.call(Request::GroupCreate { name: name.into(), members }).await?;
+        Ok(created.conv)
+    }
+
+    pub async fn group_add(&self, conv: u64, user: &str) -> Result<(), ClientError> {
+        self.call::<Done>(Request::GroupAdd { conv, user: user.into() }).await.map(|_| ())
+    }
+
+    pub async fn group_remove(&self, conv: u64, user: &str) -> Result<(), ClientError> {
+        self.call::<Done>(Request::GroupRemove { conv, user: user.into() }).await.map(|_| ())
+    }
+
+    pub async fn group_leave(&self, conv: u64) -> Result<(), ClientError> {
+        self.call::<Done>(Request::GroupLeave { conv }).await.map(|_| ())
+    }
+
+    pub async fn group_members(&self, conv: u64) -> Result<Members, ClientError> {
+        self.call(Request::GroupMembers { conv }).await
+    }
+
+    pub async fn admin_invite(&self, role: Role, ttl_secs: Option<u64>) -> Result<Invite, ClientError> {
+        self.call(Request::AdminInvite { role, ttl_secs }).await
+    }
+
+    pub async fn admin_users(&self) -> Result<Users, ClientError> {
+        self.call(Request::AdminUsers {}).await
+    }
+
+    pub async fn admin_disable(&self, user: &str) -> Result<(), ClientError> {
+        self.call::<Done>(Request::AdminDisable { user: user.into() }).await.map(|_| ())
+    }
+
+    pub async fn admin_enable(&self, user: &str) -> Result<(), ClientError> {
+        self.call::<Done>(Request::AdminEnable { user: user.into() }).await.map(|_| ())
+    }
+
+    pub async fn admin_reset_password(&self, user: &str, password: &str) -> Result<(), ClientError> {
+        let req = Request::AdminResetPassword { user: user.into(), password: password.into() };
+        self.call::<Done>(req).await.map(|_| ())
+    }
+
+    pub async fn admin_status(&self) -> Result<Status, ClientError> {
+        self.call(Request::AdminStatus {}).await
+    }
+
+    /// Starts receiving: catches up on everything missed, then follows live
+    /// events. Call once, after logging in. The receiver ends when the
+    /// connection does; reconnect, resume and subscribe again to continue
+    /// exactly where this device left off.
+    pub async fn subscribe(&self) -> Result<mpsc::Receiver<Message>, ClientError> {
+        let events = self.inner.conn.accept_uni().await?;
+        let initial = self.sync().await?;
+        {
+            let mut cursors = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner());
+            let map = cursors.get_or_insert_with(HashMap::new);
+            for c in self.conversations().await?.conversations {
+                map.insert(c.conv, c.cursor);
+            }
+        }
+        let (tx, rx) = mpsc::channel(INBOX);
+        let (raw_tx, raw_rx) = mpsc::channel(INBOX);
+        tokio::spawn(read_events(events, raw_tx));
+        let inbox = Inbox { inner: self.inner.clone(), out: tx };
+        tokio::spawn(inbox.run(initial, raw_rx));
+        Ok(rx)
+    }
+
+    /// Closes the connection politely and waits (briefly) until the server
+    /// has been told, so it does not keep the connection until its idle timeout.
+    pub async fn close(&self) {
+        self.inner.conn.close(protocol::close::NORMAL.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
+    }
+
+    /// Waits until the server closes the connection, and returns why.
+    pub async fn closed(&self) -> quinn::ConnectionError {
+        self.inner.conn.closed().await
+    }
+}
+
+fn closed_error(conn: &quinn::Connection) -> ClientError {
+    match conn.close_reason() {
+        Some(reason) => ClientError::Connection(reason),
+        None => ClientError::Closed,
+    }
+}
+
+fn into_result(reply: Reply) -> Result<ciborium::Value, ClientError> {
+    match reply {
+        Reply::Ok { result, .. } => Ok(result),
+        Reply::Err { error: ErrorBody { code, message, retry_after_ms }, .. } => {
+            Err(ClientError::Server { code, message, retry_after_ms })
+        }
+    }
+}
+
+async fn call<T: DeserializeOwned>(inner: &Inner, request: Request) -> Result<T, ClientError> {
+    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = oneshot::channel();
+    inner.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+    let frame = protocol::encode_request(id, &request);
+    {
+        let mut control = inner.control.lock().await;
+        if control.write_all(&frame).await.is_err() {
+            inner.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            return Err(closed_error(&inner.conn));
+        }
+    }
+    let reply = rx.await.map_err(|_| closed_error(&inner.conn))?;
+    protocol::decode_result(into_result(reply)?).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// Routes replies on the control stream to their waiting callers.
+async fn read_replies(mut recv: quinn::RecvStream, pending: Pending) {
+    while let Ok(Some(body)) = protocol::read_frame(&mut recv).await {
+        match protocol::decode_reply(&body) {
+            Ok(reply) => {
+                let id = match &reply {
+                    Reply::Ok { id, .. } | Reply::Err { id, .. } => *id,
+                };
+                if let Some(tx) = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                    let _ = tx.send(reply);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "unreadable reply from server"),
+        }
+    }
+    // Dropping the senders wakes every waiting caller with "closed".
+    pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+async fn read_events(mut recv: quinn::RecvStream, out: mpsc::Sender<Message>) {
+    while let Ok(Some(body)) = protocol::read_frame(&mut recv).await {
+        match protocol::decode_event(&body) {
+            Ok(Event::Message(m)) => {
+                if out.send(m).await.is_err() {
+                    return;
+                }
+            }
+            // Unknown event types are skipped, as the protocol asks.
+            Err(e) => tracing::debug!(error = %e, "skipping an event this client does not know"),
+        }
+    }
+}
+
+/// Turns sync pages and live events into an exactly-once, in-order stream.
+struct Inbox {
+    inner: Arc<Inner>,
+    out: mpsc::Sender<Message>,
+}
+
+impl Inbox {
+    async fn run(self, initial: ConvList, mut live: mpsc::Receiver<Message>) {
+        for conv in initial.conversations {
+            if self.fill(conv.conv, conv.last_seq).await.is_err() {
+                return;
+            }
+        }
+        self.flush_acks(&mut HashMap::new());
+        let mut unacked: HashMap<u64, u64> = HashMap::new();
+        while let Some(message) = live.recv().await {
+            let (conv, seq) = (message.conv, message.seq);
+            let cursor = self.cursor(conv);
+            if seq <= cursor {
+                continue;
+            }
+            if seq > cursor + 1 && self.fill(conv, seq - 1).await.is_err() {
+                return;
+            }
+            if seq == self.cursor(conv) + 1 {
+                if self.out.send(message).await.is_err() {
+                    return;
+                }
+                self.set_cursor(conv, seq);
+            }
+            unacked.insert(conv, self.cursor(conv));
+            if live.is_empty() {
+                self.flush_acks(&mut unacked);
+            }
+        }
+    }
+
+    fn cursor(&self, conv: u64) -> u64 {
+        let cursors = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner());
+        cursors.as_ref().and_then(|c| c.get(&conv).copied()).unwrap_or(0)
+    }
+
+    fn set_cursor(&self, conv: u64, seq: u64) {
+        let mut cursors = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = cursors.get_or_insert_with(HashMap::new).entry(conv).or_insert(0);
+        *entry = (*entry).max(seq);
+    }
+
+    /// Fetches and hands over everything in `conv` from the cursor up to `upto`.
+    async fn fill(&self, conv: u64, upto: u64) -> Result<(), ClientError> {
+        let own = self.inner.device.load(Ordering::Relaxed);
+        loop {
+            let cursor = self.cursor(conv);
+            if cursor >= upto {
+                break;
+            }
+            let page: Page = call(&self.inner, Request::History { conv, after: Some(cursor), before: None, limit: SYNC_PAGE }).await?;
+            let Some(last) = page.messages.last().map(|m| m.seq) else { break };
+            for message in page.messages {
+                let seq = message.seq;
+                if message.device != own && self.out.send(message).await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+                self.set_cursor(conv, seq);
+            }
+            let inner = self.inner.clone();
+            tokio::spawn(async move { call::<Done>(&inner, Request::Ack { conv, seq: last }).await });
+            if !page.more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_acks(&self, unacked: &mut HashMap<u64, u64>) {
+        for (conv, seq) in unacked.drain() {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { call::<Done>(&inner, Request::Ack { conv, seq }).await });
+        }
+    }
+}

@@ -278,21 +278,22 @@ fn read_doc() -> String {
 }
 
 /// Finds every `<!-- frame: NAME -->` marker and the `cbor-diag` and `hex`
-/// blocks that follow it. Panics on a `hex` block without a marker, a marker
-/// without a `hex` block, or a name used twice.
-fn parse_doc(doc: &str) -> BTreeMap<String, DocExample> {
+/// blocks that follow it. An error for a `hex` or `cbor-diag` block without a
+/// marker, a marker without a `hex` block, or a name used twice.
+fn parse_doc(doc: &str) -> Result<BTreeMap<String, DocExample>, String> {
     let mut found: BTreeMap<String, DocExample> = BTreeMap::new();
     let mut pending: Option<String> = None;
     let mut lines = doc.lines().enumerate();
     while let Some((n, line)) = lines.next() {
+        let line_no = n + 1;
         let trimmed = line.trim();
         if let Some(rest) = trimmed.strip_prefix("<!-- frame:") {
-            let name = rest.strip_suffix("-->").unwrap_or_else(|| panic!("line {}: bad marker", n + 1)).trim();
+            let name = rest.strip_suffix("-->").ok_or(format!("line {line_no}: bad marker"))?.trim();
             if let Some(prev) = pending.take() {
-                panic!("line {}: marker {name} follows marker {prev}, which has no hex block", n + 1);
+                return Err(format!("line {line_no}: marker {name} follows marker {prev}, which has no hex block"));
             }
             if found.contains_key(name) {
-                panic!("line {}: example {name} appears twice", n + 1);
+                return Err(format!("line {line_no}: example {name} appears twice"));
             }
             found.insert(name.to_string(), DocExample::default());
             pending = Some(name.to_string());
@@ -313,24 +314,30 @@ fn parse_doc(doc: &str) -> BTreeMap<String, DocExample> {
             "hex" => {
                 let name = pending
                     .take()
-                    .unwrap_or_else(|| panic!("line {}: hex block without a <!-- frame: NAME --> marker", n + 1));
+                    .ok_or(format!("line {line_no}: hex block without a <!-- frame: NAME --> marker"))?;
                 found.get_mut(&name).expect("marker recorded").hex = Some(block.join("\n"));
             }
             "cbor-diag" => {
-                let name = pending
-                    .as_ref()
-                    .unwrap_or_else(|| panic!("line {}: cbor-diag block without a frame marker", n + 1));
+                let name =
+                    pending.as_ref().ok_or(format!("line {line_no}: cbor-diag block without a frame marker"))?;
                 let entry = found.get_mut(name).expect("marker recorded");
-                assert!(entry.diag.is_none(), "example {name} has two cbor-diag blocks");
+                if entry.diag.is_some() {
+                    return Err(format!("line {line_no}: example {name} has two cbor-diag blocks"));
+                }
                 entry.diag = Some(block.iter().map(|l| l.trim_end()).collect::<Vec<_>>().join("\n"));
             }
             _ => {}
         }
     }
-    if let Some(name) = pending {
-        panic!("marker {name} has no hex block");
+    match pending {
+        Some(name) => Err(format!("marker {name} has no hex block")),
+        None => Ok(found),
     }
-    found
+}
+
+/// The examples in docs/PROTOCOL.md; the test fails if the document is malformed.
+fn doc_examples() -> BTreeMap<String, DocExample> {
+    parse_doc(&read_doc()).unwrap_or_else(|e| panic!("docs/PROTOCOL.md: {e}"))
 }
 
 fn parse_hex(name: &str, text: &str) -> Vec<u8> {
@@ -344,7 +351,7 @@ fn parse_hex(name: &str, text: &str) -> Vec<u8> {
 
 #[test]
 fn document_has_exactly_the_expected_examples() {
-    let found = parse_doc(&read_doc());
+    let found = doc_examples();
     let expected: BTreeSet<String> = examples().iter().map(|e| e.name.to_string()).collect();
     let names: BTreeSet<String> = found.keys().cloned().collect();
     assert_eq!(names, expected, "examples in docs/PROTOCOL.md differ from the expected set");
@@ -352,7 +359,7 @@ fn document_has_exactly_the_expected_examples() {
 
 #[test]
 fn example_frames_match_the_encoders() {
-    let found = parse_doc(&read_doc());
+    let found = doc_examples();
     for ex in examples() {
         let Some(doc) = found.get(ex.name) else {
             panic!("docs/PROTOCOL.md lacks example {}", ex.name);
@@ -390,10 +397,12 @@ fn doc_parser_rejects_missing_and_unmarked_examples() {
     let doc = read_doc();
     let first = examples().into_iter().next().unwrap().name;
     let without = doc.replace(&format!("<!-- frame: {first} -->"), "<!-- frame: renamed -->");
-    let names: BTreeSet<String> = parse_doc(&without).keys().cloned().collect();
+    let names: BTreeSet<String> = parse_doc(&without).unwrap().keys().cloned().collect();
     assert!(!names.contains(first));
     let unmarked = format!("{doc}\n```hex\n00000000\n```\n");
-    assert!(std::panic::catch_unwind(|| parse_doc(&unmarked)).is_err());
+    assert!(parse_doc(&unmarked).is_err());
+    let orphan = doc.replacen("<!-- frame: ", "<!-- frame: a -->\n<!-- frame: ", 1);
+    assert!(parse_doc(&orphan).is_err());
 }
 
 /// Prints every example in the document's format, for regenerating it.

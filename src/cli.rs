@@ -1,0 +1,421 @@
+//! The `quince` client commands, built on `quince::client`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use quince::client::{Client, Trust};
+use quince::protocol::{Body, ConvKind, Message, Role, Target};
+use tokio::io::AsyncBufReadExt;
+
+use crate::profile::{self, Profile};
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Create an account with an invite token and log this profile in.
+    Register {
+        /// Server address, host:port (port 4433 if left out).
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        invite: String,
+        username: String,
+        /// Expected server certificate fingerprint (else shown and pinned on first use).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Name of this device [default: this machine's host name].
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Log this profile in with a password.
+    Login {
+        #[arg(long)]
+        server: String,
+        username: String,
+        #[arg(long)]
+        fingerprint: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Log out: revoke this device's token and forget it.
+    Logout,
+    /// Show who this profile is logged in as.
+    Whoami,
+    /// Send one message to a user (or a group with --group).
+    Send {
+        /// Recipient user name, or a conversation id with --group.
+        to: String,
+        text: String,
+        #[arg(long)]
+        group: bool,
+    },
+    /// Chat interactively: type lines to send, see incoming messages as they arrive.
+    Chat {
+        to: String,
+        #[arg(long)]
+        group: bool,
+    },
+    /// Show a conversation's history.
+    History {
+        to: String,
+        #[arg(long)]
+        group: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Show messages before this sequence number (page backwards).
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// List conversations.
+    Conversations,
+    /// Groups: create, add, remove, leave, members.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Administration (admin accounts only).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// Create a group; prints its conversation id.
+    Create { name: String, members: Vec<String> },
+    Add { conv: u64, user: String },
+    Remove { conv: u64, user: String },
+    Leave { conv: u64 },
+    Members { conv: u64 },
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Make an invite token.
+    Invite {
+        /// The invite creates an administrator.
+        #[arg(long)]
+        admin: bool,
+        /// Hours until it expires [default: the server's setting].
+        #[arg(long)]
+        ttl_hours: Option<u64>,
+    },
+    Users,
+    Disable { user: String },
+    Enable { user: String },
+    /// Set a new password; the user's devices are logged out.
+    ResetPassword { user: String },
+    Status,
+}
+
+/// Clients opened by a command, closed politely when it ends.
+static OPEN: std::sync::Mutex<Vec<Client>> = std::sync::Mutex::new(Vec::new());
+
+pub async fn run(profile_name: &str, command: ClientCommand) -> anyhow::Result<()> {
+    let result = run_command(profile_name, command).await;
+    let open: Vec<Client> = std::mem::take(&mut *OPEN.lock().unwrap_or_else(|e| e.into_inner()));
+    for client in open {
+        client.close().await;
+    }
+    result
+}
+
+async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Result<()> {
+    match command {
+        ClientCommand::Register { server, invite, username, fingerprint, device } => {
+            let password = read_password("new password: ", true)?;
+            let client = connect_new(&server, fingerprint).await?;
+            let session = client.register(&invite, &username, &password, &device_name(device)).await?;
+            save(profile_name, &server, session)?;
+            println!("registered {username}; profile '{profile_name}' is logged in");
+        }
+        ClientCommand::Login { server, username, fingerprint, device } => {
+            let password = read_password("password: ", false)?;
+            let client = connect_new(&server, fingerprint).await?;
+            let session = client.login(&username, &password, &device_name(device)).await?;
+            save(profile_name, &server, session)?;
+            println!("logged in as {username}");
+        }
+        ClientCommand::Logout => {
+            let (client, _) = resume(profile_name).await?;
+            client.logout().await?;
+            profile::remove(profile_name)?;
+            println!("logged out");
+        }
+        ClientCommand::Whoami => {
+            let (client, p) = resume(profile_name).await?;
+            let me = client.whoami().await?;
+            println!("{} on {} (role {}, device {})", me.user, p.server, role(me.role), me.device);
+        }
+        ClientCommand::Send { to, text, group } => {
+            let (client, _) = resume(profile_name).await?;
+            let ack = client.send(target(&to, group)?, &text, None).await?;
+            println!("sent (conversation {}, #{})", ack.conv, ack.seq);
+        }
+        ClientCommand::History { to, group, limit, before } => {
+            let (client, p) = resume(profile_name).await?;
+            let Some(conv) = find_conv(&client, &to, group).await? else {
+                println!("no messages with {to} yet");
+                return Ok(());
+            };
+            let page = client.history(conv, None, before, limit).await?;
+            for m in &page.messages {
+                println!("{}", show(m, &p.user));
+            }
+            if page.more {
+                if let Some(first) = page.messages.first() {
+                    println!("(older: --before {})", first.seq);
+                }
+            }
+        }
+        ClientCommand::Conversations => {
+            let (client, _) = resume(profile_name).await?;
+            for c in client.conversations().await?.conversations {
+                let kind = match c.kind {
+                    ConvKind::Direct => "direct",
+                    ConvKind::Group => "group",
+                };
+                let unread = c.last_seq.saturating_sub(c.cursor);
+                let left = if c.member { "" } else { " (left)" };
+                println!("{:>6}  {kind:<6}  {}{left}  {} messages, {unread} new", c.conv, c.name, c.last_seq);
+            }
+        }
+        ClientCommand::Chat { to, group } => chat(profile_name, &to, group).await?,
+        ClientCommand::Group(g) => {
+            let (client, _) = resume(profile_name).await?;
+            match g {
+                GroupCommand::Create { name, members } => {
+                    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+                    let conv = client.group_create(&name, &members).await?;
+                    println!("created group {name}: conversation {conv}");
+                }
+                GroupCommand::Add { conv, user } => client.group_add(conv, &user).await?,
+                GroupCommand::Remove { conv, user } => client.group_remove(conv, &user).await?,
+                GroupCommand::Leave { conv } => client.group_leave(conv).await?,
+                GroupCommand::Members { conv } => {
+                    let members = client.group_members(conv).await?;
+                    println!("{}:", members.name);
+                    for m in members.members {
+                        println!("  {}{}", m.user, if m.owner { " (owner)" } else { "" });
+                    }
+                }
+            }
+        }
+        ClientCommand::Admin(a) => {
+            let (client, _) = resume(profile_name).await?;
+            match a {
+                AdminCommand::Invite { admin, ttl_hours } => {
+                    let r = if admin { Role::Admin } else { Role::Member };
+                    let invite = client.admin_invite(r, ttl_hours.map(|h| h * 3600)).await?;
+                    println!("{}", invite.token);
+                }
+                AdminCommand::Users => {
+                    for u in client.admin_users().await?.users {
+                        let state = if u.disabled { "disabled" } else { "active" };
+                        println!("{:<32} {:<6} {state:<8} {} devices", u.user, role(u.role), u.devices);
+                    }
+                }
+                AdminCommand::Disable { user } => client.admin_disable(&user).await?,
+                AdminCommand::Enable { user } => client.admin_enable(&user).await?,
+                AdminCommand::ResetPassword { user } => {
+                    let password = read_password(&format!("new password for {user}: "), true)?;
+                    client.admin_reset_password(&user, &password).await?;
+                }
+                AdminCommand::Status => {
+                    let s = client.admin_status().await?;
+                    println!("version        {}", s.version);
+                    println!("uptime         {} s", s.uptime_secs);
+                    println!("connections    {}", s.connections);
+                    println!("users          {}", s.users);
+                    println!("messages       {}", s.messages);
+                    println!("store          {:.1} MiB", mib(s.store_bytes));
+                    println!("disk free      {:.1} MiB", mib(s.disk_free_bytes));
+                    println!("memory (RSS)   {:.1} MiB of {:.0} MiB", mib(s.memory_rss_bytes), mib(s.memory_total_bytes));
+                    println!("load average   {:.2} {:.2} {:.2}", s.load_average[0], s.load_average[1], s.load_average[2]);
+                    match s.temperature_c {
+                        Some(t) => println!("temperature    {t:.1} °C"),
+                        None => println!("temperature    (no sensor)"),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::Admin => "admin",
+        Role::Member => "member",
+    }
+}
+
+fn device_name(given: Option<String>) -> String {
+    given.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| format!("cli@{}", h.trim()))
+            .unwrap_or_else(|_| "cli".into())
+    })
+}
+
+/// Reads a password from `QUINCE_PASSWORD`, the terminal (without echo), or a
+/// line of standard input when it is not a terminal.
+fn read_password(prompt: &str, confirm: bool) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("QUINCE_PASSWORD") {
+        return Ok(p);
+    }
+    if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password(prompt)?;
+        if confirm && rpassword::prompt_password("again: ")? != p {
+            bail!("the passwords differ");
+        }
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Canonical form of a server address: host:port, port 4433 by default.
+fn canonical(server: &str) -> String {
+    let has_port = match server.rsplit_once(':') {
+        Some((host, port)) => port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']')),
+        None => false,
+    };
+    if has_port { server.to_string() } else { format!("{server}:4433") }
+}
+
+async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(server)
+        .await
+        .with_context(|| format!("cannot resolve {server}"))?
+        .next()
+        .with_context(|| format!("{server} has no address"))
+}
+
+/// Connects to a server for register/login, pinning its certificate on first use.
+async fn connect_new(server: &str, expected: Option<String>) -> anyhow::Result<Client> {
+    let server = canonical(server);
+    let addr = resolve(&server).await?;
+    if let Some(pinned) = profile::pinned(&server)? {
+        let client = Client::connect(addr, Trust::Pinned(pinned)).await?;
+        OPEN.lock().unwrap_or_else(|e| e.into_inner()).push(client.clone());
+        return Ok(client);
+    }
+    let client = match &expected {
+        Some(fp) => Client::connect(addr, Trust::Pinned(fp.to_ascii_lowercase())).await?,
+        None => Client::connect(addr, Trust::FirstUse).await?,
+    };
+    OPEN.lock().unwrap_or_else(|e| e.into_inner()).push(client.clone());
+    if expected.is_none() {
+        eprintln!("The server at {server} presents a certificate with SHA-256 fingerprint");
+        eprintln!("  {}", client.fingerprint());
+        eprintln!("Compare it with the fingerprint the server printed when it started.");
+        if std::io::stdin().is_terminal() && std::env::var_os("QUINCE_PASSWORD").is_none() {
+            eprint!("Trust this server from now on? [y/N] ");
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if !answer.trim().eq_ignore_ascii_case("y") && !answer.trim().eq_ignore_ascii_case("yes") {
+                bail!("not trusted; nothing was saved");
+            }
+        }
+    }
+    profile::pin(&server, client.fingerprint())?;
+    eprintln!("pinned {server} ({})", client.fingerprint());
+    Ok(client)
+}
+
+fn save(profile_name: &str, server: &str, session: quince::protocol::Session) -> anyhow::Result<()> {
+    let token = session.token.context("the server sent no device token")?;
+    profile::save(profile_name, &Profile { server: canonical(server), user: session.user, device: session.device, token })
+}
+
+/// Connects with the profile's pinned fingerprint and resumes its session.
+async fn resume(profile_name: &str) -> anyhow::Result<(Client, Profile)> {
+    let p = profile::load(profile_name)?;
+    let pinned = profile::pinned(&p.server)?
+        .with_context(|| format!("no pinned certificate for {}; log in again", p.server))?;
+    let client = Client::connect(resolve(&p.server).await?, Trust::Pinned(pinned)).await?;
+    OPEN.lock().unwrap_or_else(|e| e.into_inner()).push(client.clone());
+    client.resume(&p.token).await?;
+    Ok((client, p))
+}
+
+fn target(to: &str, group: bool) -> anyhow::Result<Target> {
+    if group {
+        Ok(Target::Conv(to.parse().context("--group takes a conversation id (see `quince conversations`)")?))
+    } else {
+        Ok(Target::User(to.to_string()))
+    }
+}
+
+/// The conversation id of a user's direct chat or a group id.
+async fn find_conv(client: &Client, to: &str, group: bool) -> anyhow::Result<Option<u64>> {
+    if group {
+        return Ok(Some(to.parse().context("--group takes a conversation id")?));
+    }
+    let list = client.conversations().await?;
+    Ok(list.conversations.iter().find(|c| c.kind == ConvKind::Direct && c.name == to).map(|c| c.conv))
+}
+
+/// Seconds since the epoch as HH:MM:SS (UTC); a full date library is not worth
+/// its weight for a timestamp prefix.
+fn clock(ts_ms: u64) -> String {
+    let s = ts_ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn show(m: &Message, me: &str) -> String {
+    let who = if m.from == me { "you".to_string() } else { m.from.clone() };
+    let text = match &m.body {
+        Body::Text { text, .. } => format!("{who}: {text}"),
+        Body::GroupCreated { name } => format!("* {who} created the group {name}"),
+        Body::MemberAdded { user } => format!("* {who} added {user}"),
+        Body::MemberRemoved { user } => format!("* {who} removed {user}"),
+        Body::MemberLeft { user } => format!("* {user} left"),
+    };
+    format!("[{}] {text}", clock(m.ts))
+}
+
+async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
+    let (client, p) = resume(profile_name).await?;
+    let mut conv = find_conv(&client, to, group).await?;
+    if let Some(c) = conv {
+        for m in client.history(c, None, None, 10).await?.messages {
+            println!("{}", show(&m, &p.user));
+        }
+    }
+    let mut inbox = client.subscribe().await?;
+    eprintln!("chatting with {to} as {}; type a line and press Enter to send, Ctrl-D to quit", p.user);
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Some(line) = line? else { break };
+                if line.trim().is_empty() { continue; }
+                let dest = match conv { Some(c) => Target::Conv(c), None => target(to, group)? };
+                let ack = client.send(dest, &line, None).await?;
+                conv = Some(ack.conv);
+            }
+            message = inbox.recv() => {
+                let Some(m) = message else {
+                    bail!("disconnected: {}", client.closed().await);
+                };
+                let ours = match conv {
+                    Some(c) => m.conv == c,
+                    None => !group && m.from == to,
+                };
+                if ours {
+                    conv = Some(m.conv);
+                    println!("{}", show(&m, &p.user));
+                } else {
+                    println!("(conversation {} from {}: {})", m.conv, m.from, show(&m, &p.user));
+                }
+            }
+        }
+    }
+    client.close().await;
+    Ok(())
+}

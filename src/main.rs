@@ -1,0 +1,136 @@
+//! The `quince` command: the daemon (`quince serve`) and a command-line client.
+
+mod cli;
+mod profile;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use quince::config::Config;
+use quince::server::Server;
+
+#[derive(Parser)]
+#[command(name = "quince", version, about = "A private instant-messaging server and its client")]
+struct Args {
+    /// Client profile to use (several accounts on one machine each get one).
+    #[arg(long, global = true, env = "QUINCE_PROFILE", default_value = "default")]
+    profile: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// UDP address to listen on [default: [::]:4433].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory [default: ./quince-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace [default: info].
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Runtime worker threads; 0 = one per core [default: 0].
+    #[arg(long)]
+    worker_threads: Option<usize>,
+    /// PEM certificate chain to serve instead of the self-signed one.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::Serve(serve_args) => serve(serve_args),
+        Command::Client(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(cli::run(&args.profile, command))
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.log_level {
+        config.log_level = v;
+    }
+    if let Some(v) = args.worker_threads {
+        config.worker_threads = v;
+    }
+    if args.cert.is_some() {
+        config.cert = args.cert;
+        config.key = args.key;
+    }
+    config.validate()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log_level")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads())
+        .thread_name("quince-worker")
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let threads = config.threads();
+        let server = Server::bind(config.clone()).await?;
+        let addr = server.local_addr()?;
+        // stdout carries the facts a person (or a test) needs; logs go to stderr.
+        println!("quince {} listening on {addr} (udp, {threads} worker threads)", env!("CARGO_PKG_VERSION"));
+        println!("certificate fingerprint (SHA-256): {}", server.fingerprint);
+        if let Some(invite) = &server.admin_invite {
+            println!("admin invite: {invite}");
+            println!(
+                "  (one-time; also in {}) register the first account with:",
+                config.data_dir.join(quince::server::ADMIN_INVITE_FILE).display()
+            );
+            println!("  quince register --server {} --invite {invite} YOUR_NAME", client_addr(addr));
+        }
+        server.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })
+}
+
+/// An address a local client can dial: the unspecified address becomes loopback.
+fn client_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv6() { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() });
+    }
+    addr
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
