@@ -14,12 +14,16 @@ use crate::protocol::ErrorCode;
 /// Hashes a password with Argon2id and a random salt (PHC string). Slow on
 /// purpose: call it from a blocking thread.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
-    Ok(Argon2::default().hash_password(password.as_bytes())?.to_string())
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes())?
+        .to_string())
 }
 
 /// Checks a password against its PHC string. Slow on purpose, like [`hash_password`].
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    Argon2::default().verify_password(password.as_bytes(), phc).is_ok()
+    Argon2::default()
+        .verify_password(password.as_bytes(), phc)
+        .is_ok()
 }
 
 /// A fresh secret token (device or invite): 32 random bytes as hex, and its
@@ -40,8 +44,13 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 /// Usernames: 3–32 of `a-z 0-9 _ . -`, starting with a letter or digit.
 pub fn check_username(name: &str) -> Result<(), (ErrorCode, String)> {
     let ok_len = (3..=32).contains(&name.len());
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
-    let ok_start = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    let ok_start = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok_len && ok_chars && ok_start {
         Ok(())
     } else {
@@ -56,7 +65,10 @@ pub fn check_password(password: &str) -> Result<(), (ErrorCode, String)> {
     if (8..=1024).contains(&password.len()) {
         Ok(())
     } else {
-        Err((ErrorCode::WeakPassword, "a password is 8 to 1024 bytes long".into()))
+        Err((
+            ErrorCode::WeakPassword,
+            "a password is 8 to 1024 bytes long".into(),
+        ))
     }
 }
 
@@ -94,7 +106,9 @@ impl ThrottleKey {
 
 impl Default for Throttle {
     fn default() -> Self {
-        Throttle { entries: Mutex::new(HashMap::new()) }
+        Throttle {
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -102,14 +116,20 @@ impl Throttle {
     /// `Err(wait)` while the key must wait before trying again.
     pub fn check(&self, key: &ThrottleKey) -> Result<(), Duration> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(f) = entries.get(key) else { return Ok(()) };
+        let Some(f) = entries.get(key) else {
+            return Ok(());
+        };
         let free = key.free_attempts();
         if f.count < free || f.last.elapsed() > WINDOW {
             return Ok(());
         }
         let backoff = Duration::from_secs(1u64 << (f.count - free).min(9)).min(MAX_BACKOFF);
         let waited = f.last.elapsed();
-        if waited >= backoff { Ok(()) } else { Err(backoff - waited) }
+        if waited >= backoff {
+            Ok(())
+        } else {
+            Err(backoff - waited)
+        }
     }
 
     pub fn fail(&self, key: ThrottleKey) {
@@ -120,7 +140,10 @@ impl Throttle {
                 entries.clear();
             }
         }
-        let f = entries.entry(key).or_insert(Failures { count: 0, last: Instant::now() });
+        let f = entries.entry(key).or_insert(Failures {
+            count: 0,
+            last: Instant::now(),
+        });
         if f.last.elapsed() > WINDOW {
             f.count = 0;
         }
@@ -129,7 +152,10 @@ impl Throttle {
     }
 
     pub fn succeed(&self, key: &ThrottleKey) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 }
 

@@ -80,11 +80,24 @@ pub enum ClientCommand {
 #[derive(Subcommand)]
 pub enum GroupCommand {
     /// Create a group; prints its conversation id.
-    Create { name: String, members: Vec<String> },
-    Add { conv: u64, user: String },
-    Remove { conv: u64, user: String },
-    Leave { conv: u64 },
-    Members { conv: u64 },
+    Create {
+        name: String,
+        members: Vec<String>,
+    },
+    Add {
+        conv: u64,
+        user: String,
+    },
+    Remove {
+        conv: u64,
+        user: String,
+    },
+    Leave {
+        conv: u64,
+    },
+    Members {
+        conv: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,10 +112,16 @@ pub enum AdminCommand {
         ttl_hours: Option<u64>,
     },
     Users,
-    Disable { user: String },
-    Enable { user: String },
+    Disable {
+        user: String,
+    },
+    Enable {
+        user: String,
+    },
     /// Set a new password; the user's devices are logged out.
-    ResetPassword { user: String },
+    ResetPassword {
+        user: String,
+    },
     Status,
 }
 
@@ -120,17 +139,32 @@ pub async fn run(profile_name: &str, command: ClientCommand) -> anyhow::Result<(
 
 async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Result<()> {
     match command {
-        ClientCommand::Register { server, invite, username, fingerprint, device } => {
+        ClientCommand::Register {
+            server,
+            invite,
+            username,
+            fingerprint,
+            device,
+        } => {
             let password = read_password("new password: ", true)?;
             let client = connect_new(&server, fingerprint).await?;
-            let session = client.register(&invite, &username, &password, &device_name(device)).await?;
+            let session = client
+                .register(&invite, &username, &password, &device_name(device))
+                .await?;
             save(profile_name, &server, session)?;
             println!("registered {username}; profile '{profile_name}' is logged in");
         }
-        ClientCommand::Login { server, username, fingerprint, device } => {
+        ClientCommand::Login {
+            server,
+            username,
+            fingerprint,
+            device,
+        } => {
             let password = read_password("password: ", false)?;
             let client = connect_new(&server, fingerprint).await?;
-            let session = client.login(&username, &password, &device_name(device)).await?;
+            let session = client
+                .login(&username, &password, &device_name(device))
+                .await?;
             save(profile_name, &server, session)?;
             println!("logged in as {username}");
         }
@@ -143,14 +177,25 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
         ClientCommand::Whoami => {
             let (client, p) = resume(profile_name).await?;
             let me = client.whoami().await?;
-            println!("{} on {} (role {}, device {})", me.user, p.server, role(me.role), me.device);
+            println!(
+                "{} on {} (role {}, device {})",
+                me.user,
+                p.server,
+                role(me.role),
+                me.device
+            );
         }
         ClientCommand::Send { to, text, group } => {
             let (client, _) = resume(profile_name).await?;
             let ack = client.send(target(&to, group)?, &text, None).await?;
             println!("sent (conversation {}, #{})", ack.conv, ack.seq);
         }
-        ClientCommand::History { to, group, limit, before } => {
+        ClientCommand::History {
+            to,
+            group,
+            limit,
+            before,
+        } => {
             let (client, p) = resume(profile_name).await?;
             let Some(conv) = find_conv(&client, &to, group).await? else {
                 println!("no messages with {to} yet");
@@ -175,7 +220,10 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
                 };
                 let unread = c.last_seq.saturating_sub(c.cursor);
                 let left = if c.member { "" } else { " (left)" };
-                println!("{:>6}  {kind:<6}  {}{left}  {} messages, {unread} new", c.conv, c.name, c.last_seq);
+                println!(
+                    "{:>6}  {kind:<6}  {}{left}  {} messages, {unread} new",
+                    c.conv, c.name, c.last_seq
+                );
             }
         }
         ClientCommand::Chat { to, group } => chat(profile_name, &to, group).await?,
@@ -210,7 +258,12 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
                 AdminCommand::Users => {
                     for u in client.admin_users().await?.users {
                         let state = if u.disabled { "disabled" } else { "active" };
-                        println!("{:<32} {:<6} {state:<8} {} devices", u.user, role(u.role), u.devices);
+                        println!(
+                            "{:<32} {:<6} {state:<8} {} devices",
+                            u.user,
+                            role(u.role),
+                            u.devices
+                        );
                     }
                 }
                 AdminCommand::Disable { user } => client.admin_disable(&user).await?,
@@ -228,8 +281,15 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
                     println!("messages       {}", s.messages);
                     println!("store          {:.1} MiB", mib(s.store_bytes));
                     println!("disk free      {:.1} MiB", mib(s.disk_free_bytes));
-                    println!("memory (RSS)   {:.1} MiB of {:.0} MiB", mib(s.memory_rss_bytes), mib(s.memory_total_bytes));
-                    println!("load average   {:.2} {:.2} {:.2}", s.load_average[0], s.load_average[1], s.load_average[2]);
+                    println!(
+                        "memory (RSS)   {:.1} MiB of {:.0} MiB",
+                        mib(s.memory_rss_bytes),
+                        mib(s.memory_total_bytes)
+                    );
+                    println!(
+                        "load average   {:.2} {:.2} {:.2}",
+                        s.load_average[0], s.load_average[1], s.load_average[2]
+                    );
                     match s.temperature_c {
                         Some(t) => println!("temperature    {t:.1} °C"),
                         None => println!("temperature    (no sensor)"),
@@ -281,10 +341,16 @@ fn read_password(prompt: &str, confirm: bool) -> anyhow::Result<String> {
 /// Canonical form of a server address: host:port, port 4433 by default.
 fn canonical(server: &str) -> String {
     let has_port = match server.rsplit_once(':') {
-        Some((host, port)) => port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']')),
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+        }
         None => false,
     };
-    if has_port { server.to_string() } else { format!("{server}:4433") }
+    if has_port {
+        server.to_string()
+    } else {
+        format!("{server}:4433")
+    }
 }
 
 async fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
@@ -301,14 +367,18 @@ async fn connect_new(server: &str, expected: Option<String>) -> anyhow::Result<C
     let addr = resolve(&server).await?;
     if let Some(pinned) = profile::pinned(&server)? {
         let client = Client::connect(addr, Trust::Pinned(pinned)).await?;
-        OPEN.lock().unwrap_or_else(|e| e.into_inner()).push(client.clone());
+        OPEN.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(client.clone());
         return Ok(client);
     }
     let client = match &expected {
         Some(fp) => Client::connect(addr, Trust::Pinned(fp.to_ascii_lowercase())).await?,
         None => Client::connect(addr, Trust::FirstUse).await?,
     };
-    OPEN.lock().unwrap_or_else(|e| e.into_inner()).push(client.clone());
+    OPEN.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(client.clone());
     if expected.is_none() {
         eprintln!("The server at {server} presents a certificate with SHA-256 fingerprint");
         eprintln!("  {}", client.fingerprint());
@@ -317,7 +387,9 @@ async fn connect_new(server: &str, expected: Option<String>) -> anyhow::Result<C
             eprint!("Trust this server from now on? [y/N] ");
             let mut answer = String::new();
             std::io::stdin().read_line(&mut answer)?;
-            if !answer.trim().eq_ignore_ascii_case("y") && !answer.trim().eq_ignore_ascii_case("yes") {
+            if !answer.trim().eq_ignore_ascii_case("y")
+                && !answer.trim().eq_ignore_ascii_case("yes")
+            {
                 bail!("not trusted; nothing was saved");
             }
         }
@@ -327,9 +399,21 @@ async fn connect_new(server: &str, expected: Option<String>) -> anyhow::Result<C
     Ok(client)
 }
 
-fn save(profile_name: &str, server: &str, session: quince::protocol::Session) -> anyhow::Result<()> {
+fn save(
+    profile_name: &str,
+    server: &str,
+    session: quince::protocol::Session,
+) -> anyhow::Result<()> {
     let token = session.token.context("the server sent no device token")?;
-    profile::save(profile_name, &Profile { server: canonical(server), user: session.user, device: session.device, token })
+    profile::save(
+        profile_name,
+        &Profile {
+            server: canonical(server),
+            user: session.user,
+            device: session.device,
+            token,
+        },
+    )
 }
 
 /// Connects with the profile's pinned fingerprint and resumes its session.
@@ -338,14 +422,18 @@ async fn resume(profile_name: &str) -> anyhow::Result<(Client, Profile)> {
     let pinned = profile::pinned(&p.server)?
         .with_context(|| format!("no pinned certificate for {}; log in again", p.server))?;
     let client = Client::connect(resolve(&p.server).await?, Trust::Pinned(pinned)).await?;
-    OPEN.lock().unwrap_or_else(|e| e.into_inner()).push(client.clone());
+    OPEN.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(client.clone());
     client.resume(&p.token).await?;
     Ok((client, p))
 }
 
 fn target(to: &str, group: bool) -> anyhow::Result<Target> {
     if group {
-        Ok(Target::Conv(to.parse().context("--group takes a conversation id (see `quince conversations`)")?))
+        Ok(Target::Conv(to.parse().context(
+            "--group takes a conversation id (see `quince conversations`)",
+        )?))
     } else {
         Ok(Target::User(to.to_string()))
     }
@@ -357,7 +445,11 @@ async fn find_conv(client: &Client, to: &str, group: bool) -> anyhow::Result<Opt
         return Ok(Some(to.parse().context("--group takes a conversation id")?));
     }
     let list = client.conversations().await?;
-    Ok(list.conversations.iter().find(|c| c.kind == ConvKind::Direct && c.name == to).map(|c| c.conv))
+    Ok(list
+        .conversations
+        .iter()
+        .find(|c| c.kind == ConvKind::Direct && c.name == to)
+        .map(|c| c.conv))
 }
 
 /// Seconds since the epoch as HH:MM:SS (UTC); a full date library is not worth
@@ -368,7 +460,11 @@ fn clock(ts_ms: u64) -> String {
 }
 
 fn show(m: &Message, me: &str) -> String {
-    let who = if m.from == me { "you".to_string() } else { m.from.clone() };
+    let who = if m.from == me {
+        "you".to_string()
+    } else {
+        m.from.clone()
+    };
     let text = match &m.body {
         Body::Text { text, .. } => format!("{who}: {text}"),
         Body::GroupCreated { name } => format!("* {who} created the group {name}"),
@@ -388,7 +484,10 @@ async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
         }
     }
     let mut inbox = client.subscribe().await?;
-    eprintln!("chatting with {to} as {}; type a line and press Enter to send, Ctrl-D to quit", p.user);
+    eprintln!(
+        "chatting with {to} as {}; type a line and press Enter to send, Ctrl-D to quit",
+        p.user
+    );
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {

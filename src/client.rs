@@ -35,8 +35,8 @@ use crate::protocol::{
     self, ALPN, ConvList, Created, Done, ErrorBody, ErrorCode, Event, Invite, MID_LEN, Members,
     Message, Page, Reply, Request, Role, SendAck, Session, Status, Target, Users,
 };
-pub use crate::tls::Trust;
 use crate::tls::PinVerifier;
+pub use crate::tls::Trust;
 
 /// Messages queued for the app before the client stops reading events.
 const INBOX: usize = 1024;
@@ -56,7 +56,11 @@ pub enum ClientError {
     )]
     FingerprintChanged { expected: String, got: String },
     #[error("{}: {}", code_name(.code), .message)]
-    Server { code: ErrorCode, message: String, retry_after_ms: Option<u64> },
+    Server {
+        code: ErrorCode,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("the connection is closed")]
@@ -121,7 +125,8 @@ fn client_config(verifier: Arc<PinVerifier>) -> Result<quinn::ClientConfig, Clie
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     crypto.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(15)));
@@ -135,12 +140,22 @@ fn client_config(verifier: Arc<PinVerifier>) -> Result<quinn::ClientConfig, Clie
 impl Client {
     /// Connects from a fresh local socket.
     pub async fn connect(addr: SocketAddr, trust: Trust) -> Result<Client, ClientError> {
-        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .expect("literal");
         Client::connect_on(&endpoint(bind)?, addr, trust).await
     }
 
     /// Connects over an existing endpoint (so thousands of clients can share a few sockets).
-    pub async fn connect_on(endpoint: &quinn::Endpoint, addr: SocketAddr, trust: Trust) -> Result<Client, ClientError> {
+    pub async fn connect_on(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        trust: Trust,
+    ) -> Result<Client, ClientError> {
         let verifier = PinVerifier::new(trust.clone());
         let config = client_config(verifier.clone())?;
         let conn = match endpoint.connect_with(config, addr, "quince")?.await {
@@ -148,13 +163,18 @@ impl Client {
             Err(e) => {
                 if let (Trust::Pinned(expected), Some(got)) = (&trust, verifier.seen()) {
                     if !expected.eq_ignore_ascii_case(&got) {
-                        return Err(ClientError::FingerprintChanged { expected: expected.clone(), got });
+                        return Err(ClientError::FingerprintChanged {
+                            expected: expected.clone(),
+                            got,
+                        });
                     }
                 }
                 return Err(e.into());
             }
         };
-        let fingerprint = verifier.seen().ok_or_else(|| ClientError::Tls("no server certificate seen".into()))?;
+        let fingerprint = verifier
+            .seen()
+            .ok_or_else(|| ClientError::Tls("no server certificate seen".into()))?;
         let (send, recv) = conn.open_bi().await?;
         let pending: Pending = Arc::default();
         tokio::spawn(read_replies(recv, pending.clone()));
@@ -166,7 +186,11 @@ impl Client {
             device: AtomicU64::new(0),
             cursors: Mutex::new(None),
         });
-        Ok(Client { inner, fingerprint, _endpoint: endpoint.clone() })
+        Ok(Client {
+            inner,
+            fingerprint,
+            _endpoint: endpoint.clone(),
+        })
     }
 
     /// SHA-256 fingerprint of the server's certificate (hex), to pin.
@@ -182,13 +206,20 @@ impl Client {
     /// Sends raw bytes on the control stream (for tests of the server's handling of bad input).
     pub async fn send_raw(&self, bytes: &[u8]) -> Result<(), ClientError> {
         let mut control = self.inner.control.lock().await;
-        control.write_all(bytes).await.map_err(|_| ClientError::Closed)
+        control
+            .write_all(bytes)
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     /// Waits for the reply with this id (after [`Client::send_raw`]).
     pub async fn expect_reply(&self, id: u64) -> Result<ciborium::Value, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
         into_result(rx.await.map_err(|_| self.closed_error())?)
     }
 
@@ -201,7 +232,13 @@ impl Client {
         session
     }
 
-    pub async fn register(&self, invite: &str, username: &str, password: &str, device: &str) -> Result<Session, ClientError> {
+    pub async fn register(
+        &self,
+        invite: &str,
+        username: &str,
+        password: &str,
+        device: &str,
+    ) -> Result<Session, ClientError> {
         let req = Request::Register {
             invite: invite.into(),
             username: username.into(),
@@ -211,13 +248,27 @@ impl Client {
         Ok(self.logged_in(self.call(req).await?))
     }
 
-    pub async fn login(&self, username: &str, password: &str, device: &str) -> Result<Session, ClientError> {
-        let req = Request::Login { username: username.into(), password: password.into(), device: device.into() };
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        device: &str,
+    ) -> Result<Session, ClientError> {
+        let req = Request::Login {
+            username: username.into(),
+            password: password.into(),
+            device: device.into(),
+        };
         Ok(self.logged_in(self.call(req).await?))
     }
 
     pub async fn resume(&self, token: &str) -> Result<Session, ClientError> {
-        Ok(self.logged_in(self.call(Request::Resume { token: token.into() }).await?))
+        Ok(self.logged_in(
+            self.call(Request::Resume {
+                token: token.into(),
+            })
+            .await?,
+        ))
     }
 
     /// Revokes this device's token.
@@ -234,7 +285,12 @@ impl Client {
     }
 
     /// Sends a text message with a fresh random message id.
-    pub async fn send(&self, to: Target, text: &str, ext: Option<Vec<u8>>) -> Result<SendAck, ClientError> {
+    pub async fn send(
+        &self,
+        to: Target,
+        text: &str,
+        ext: Option<Vec<u8>>,
+    ) -> Result<SendAck, ClientError> {
         let mut mid = [0u8; MID_LEN];
         rand::fill(&mut mid);
         self.send_with_id(to, mid, text, ext).await
@@ -262,7 +318,13 @@ impl Client {
         };
         let ack: SendAck = self.call(req).await?;
         // Our own message is not echoed back: step the inbox past it.
-        if let Some(cursors) = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        if let Some(cursors) = self
+            .inner
+            .cursors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
             let cursor = cursors.entry(ack.conv).or_insert(0);
             if *cursor + 1 == ack.seq {
                 *cursor = ack.seq;
@@ -282,37 +344,72 @@ impl Client {
 
     /// Messages after `after` (forwards), or before `before` (backwards; both
     /// `None` for the newest page), in ascending order.
-    pub async fn history(&self, conv: u64, after: Option<u64>, before: Option<u64>, limit: u32) -> Result<Page, ClientError> {
-        self.call(Request::History { conv, after, before, limit }).await
+    pub async fn history(
+        &self,
+        conv: u64,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Page, ClientError> {
+        self.call(Request::History {
+            conv,
+            after,
+            before,
+            limit,
+        })
+        .await
     }
 
     pub async fn ack(&self, conv: u64, seq: u64) -> Result<(), ClientError> {
-        self.call::<Done>(Request::Ack { conv, seq }).await.map(|_| ())
+        self.call::<Done>(Request::Ack { conv, seq })
+            .await
+            .map(|_| ())
     }
 
     pub async fn group_create(&self, name: &str, members: &[&str]) -> Result<u64, ClientError> {
         let members = members.iter().map(|m| m.to_string()).collect();
-        let created: Created = self.call(Request::GroupCreate { name: name.into(), members }).await?;
+        let created: Created = self
+            .call(Request::GroupCreate {
+                name: name.into(),
+                members,
+            })
+            .await?;
         Ok(created.conv)
     }
 
     pub async fn group_add(&self, conv: u64, user: &str) -> Result<(), ClientError> {
-        self.call::<Done>(Request::GroupAdd { conv, user: user.into() }).await.map(|_| ())
+        self.call::<Done>(Request::GroupAdd {
+            conv,
+            user: user.into(),
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn group_remove(&self, conv: u64, user: &str) -> Result<(), ClientError> {
-        self.call::<Done>(Request::GroupRemove { conv, user: user.into() }).await.map(|_| ())
+        self.call::<Done>(Request::GroupRemove {
+            conv,
+            user: user.into(),
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn group_leave(&self, conv: u64) -> Result<(), ClientError> {
-        self.call::<Done>(Request::GroupLeave { conv }).await.map(|_| ())
+        self.call::<Done>(Request::GroupLeave { conv })
+            .await
+            .map(|_| ())
     }
 
     pub async fn group_members(&self, conv: u64) -> Result<Members, ClientError> {
         self.call(Request::GroupMembers { conv }).await
     }
 
-    pub async fn admin_invite(&self, role: Role, ttl_secs: Option<u64>) -> Result<Invite, ClientError> {
+    pub async fn admin_invite(
+        &self,
+        role: Role,
+        ttl_secs: Option<u64>,
+    ) -> Result<Invite, ClientError> {
         self.call(Request::AdminInvite { role, ttl_secs }).await
     }
 
@@ -321,15 +418,26 @@ impl Client {
     }
 
     pub async fn admin_disable(&self, user: &str) -> Result<(), ClientError> {
-        self.call::<Done>(Request::AdminDisable { user: user.into() }).await.map(|_| ())
+        self.call::<Done>(Request::AdminDisable { user: user.into() })
+            .await
+            .map(|_| ())
     }
 
     pub async fn admin_enable(&self, user: &str) -> Result<(), ClientError> {
-        self.call::<Done>(Request::AdminEnable { user: user.into() }).await.map(|_| ())
+        self.call::<Done>(Request::AdminEnable { user: user.into() })
+            .await
+            .map(|_| ())
     }
 
-    pub async fn admin_reset_password(&self, user: &str, password: &str) -> Result<(), ClientError> {
-        let req = Request::AdminResetPassword { user: user.into(), password: password.into() };
+    pub async fn admin_reset_password(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<(), ClientError> {
+        let req = Request::AdminResetPassword {
+            user: user.into(),
+            password: password.into(),
+        };
         self.call::<Done>(req).await.map(|_| ())
     }
 
@@ -342,7 +450,6 @@ impl Client {
     /// connection does; reconnect, resume and subscribe again to continue
     /// exactly where this device left off.
     pub async fn subscribe(&self) -> Result<mpsc::Receiver<Message>, ClientError> {
-        let events = self.inner.conn.accept_uni().await?;
         let initial = self.sync().await?;
         {
             let mut cursors = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner());
@@ -353,8 +460,18 @@ impl Client {
         }
         let (tx, rx) = mpsc::channel(INBOX);
         let (raw_tx, raw_rx) = mpsc::channel(INBOX);
-        tokio::spawn(read_events(events, raw_tx));
-        let inbox = Inbox { inner: self.inner.clone(), out: tx };
+        // The event stream reaches us with the first event the server writes
+        // on it, so it is awaited in the background rather than here.
+        let conn = self.inner.conn.clone();
+        tokio::spawn(async move {
+            if let Ok(events) = conn.accept_uni().await {
+                read_events(events, raw_tx).await;
+            }
+        });
+        let inbox = Inbox {
+            inner: self.inner.clone(),
+            out: tx,
+        };
         tokio::spawn(inbox.run(initial, raw_rx));
         Ok(rx)
     }
@@ -362,7 +479,9 @@ impl Client {
     /// Closes the connection politely and waits (briefly) until the server
     /// has been told, so it does not keep the connection until its idle timeout.
     pub async fn close(&self) {
-        self.inner.conn.close(protocol::close::NORMAL.into(), b"bye");
+        self.inner
+            .conn
+            .close(protocol::close::NORMAL.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
     }
 
@@ -382,21 +501,39 @@ fn closed_error(conn: &quinn::Connection) -> ClientError {
 fn into_result(reply: Reply) -> Result<ciborium::Value, ClientError> {
     match reply {
         Reply::Ok { result, .. } => Ok(result),
-        Reply::Err { error: ErrorBody { code, message, retry_after_ms }, .. } => {
-            Err(ClientError::Server { code, message, retry_after_ms })
-        }
+        Reply::Err {
+            error:
+                ErrorBody {
+                    code,
+                    message,
+                    retry_after_ms,
+                },
+            ..
+        } => Err(ClientError::Server {
+            code,
+            message,
+            retry_after_ms,
+        }),
     }
 }
 
 async fn call<T: DeserializeOwned>(inner: &Inner, request: Request) -> Result<T, ClientError> {
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = oneshot::channel();
-    inner.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+    inner
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, tx);
     let frame = protocol::encode_request(id, &request);
     {
         let mut control = inner.control.lock().await;
         if control.write_all(&frame).await.is_err() {
-            inner.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            inner
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             return Err(closed_error(&inner.conn));
         }
     }
@@ -412,7 +549,11 @@ async fn read_replies(mut recv: quinn::RecvStream, pending: Pending) {
                 let id = match &reply {
                     Reply::Ok { id, .. } | Reply::Err { id, .. } => *id,
                 };
-                if let Some(tx) = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+                if let Some(tx) = pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id)
+                {
                     let _ = tx.send(reply);
                 }
             }
@@ -476,12 +617,18 @@ impl Inbox {
 
     fn cursor(&self, conv: u64) -> u64 {
         let cursors = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner());
-        cursors.as_ref().and_then(|c| c.get(&conv).copied()).unwrap_or(0)
+        cursors
+            .as_ref()
+            .and_then(|c| c.get(&conv).copied())
+            .unwrap_or(0)
     }
 
     fn set_cursor(&self, conv: u64, seq: u64) {
         let mut cursors = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = cursors.get_or_insert_with(HashMap::new).entry(conv).or_insert(0);
+        let entry = cursors
+            .get_or_insert_with(HashMap::new)
+            .entry(conv)
+            .or_insert(0);
         *entry = (*entry).max(seq);
     }
 
@@ -493,8 +640,19 @@ impl Inbox {
             if cursor >= upto {
                 break;
             }
-            let page: Page = call(&self.inner, Request::History { conv, after: Some(cursor), before: None, limit: SYNC_PAGE }).await?;
-            let Some(last) = page.messages.last().map(|m| m.seq) else { break };
+            let page: Page = call(
+                &self.inner,
+                Request::History {
+                    conv,
+                    after: Some(cursor),
+                    before: None,
+                    limit: SYNC_PAGE,
+                },
+            )
+            .await?;
+            let Some(last) = page.messages.last().map(|m| m.seq) else {
+                break;
+            };
             for message in page.messages {
                 let seq = message.seq;
                 if message.device != own && self.out.send(message).await.is_err() {
@@ -503,7 +661,9 @@ impl Inbox {
                 self.set_cursor(conv, seq);
             }
             let inner = self.inner.clone();
-            tokio::spawn(async move { call::<Done>(&inner, Request::Ack { conv, seq: last }).await });
+            tokio::spawn(
+                async move { call::<Done>(&inner, Request::Ack { conv, seq: last }).await },
+            );
             if !page.more {
                 break;
             }

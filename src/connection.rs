@@ -43,17 +43,28 @@ impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Rejected(code, msg) => Refusal(code, msg, None),
-            StoreError::Closed => Refusal(ErrorCode::ShuttingDown, "the server is shutting down".into(), None),
+            StoreError::Closed => Refusal(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down".into(),
+                None,
+            ),
             other => {
                 tracing::error!(error = %other, "store failure");
-                Refusal(ErrorCode::Internal, "the server could not complete this; nothing was changed".into(), None)
+                Refusal(
+                    ErrorCode::Internal,
+                    "the server could not complete this; nothing was changed".into(),
+                    None,
+                )
             }
         }
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Who a logged-in connection is.
@@ -76,12 +87,19 @@ pub async fn handle(state: Arc<State>, incoming: quinn::Incoming) {
             return;
         }
     };
-    state.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (send, recv) = match tokio::time::timeout(CONTROL_STREAM_TIMEOUT, conn.accept_bi()).await {
         Ok(Ok(streams)) => streams,
         _ => {
-            conn.close(close::PROTOCOL_VIOLATION.into(), b"no control stream opened");
-            state.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            conn.close(
+                close::PROTOCOL_VIOLATION.into(),
+                b"no control stream opened",
+            );
+            state
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
     };
@@ -97,14 +115,20 @@ pub async fn handle(state: Arc<State>, incoming: quinn::Incoming) {
     };
     let shutting_down = session.serve(recv).await;
     // Let requests already taken finish (their commits are answered) before leaving.
-    let _ = tokio::time::timeout(Duration::from_secs(10), session.inflight.acquire_many(MAX_INFLIGHT as u32)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        session.inflight.acquire_many(MAX_INFLIGHT as u32),
+    )
+    .await;
     session.go_offline();
     drop(session);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     if shutting_down {
         conn.close(close::SHUTDOWN.into(), b"server shutting down");
     }
-    state.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Writes queued frames to a stream until every sender is gone, then finishes it.
@@ -120,7 +144,9 @@ async fn write_frames(mut send: quinn::SendStream, mut frames: mpsc::Receiver<Ve
 
 /// Forwards a device's events from the hub to its event stream.
 async fn forward_events(conn: quinn::Connection, mut events: mpsc::Receiver<Bytes>) {
-    let Ok(mut stream) = conn.open_uni().await else { return };
+    let Ok(mut stream) = conn.open_uni().await else {
+        return;
+    };
     while let Some(frame) = events.recv().await {
         if stream.write_all(&frame).await.is_err() {
             return;
@@ -152,7 +178,8 @@ impl Connection {
                 Ok(None) => return false,
                 Err(FrameError::TooLarge(len)) => {
                     tracing::warn!(remote = %self.remote, len, "frame over the size limit; closing the connection");
-                    self.conn.close(close::PROTOCOL_VIOLATION.into(), b"frame too large");
+                    self.conn
+                        .close(close::PROTOCOL_VIOLATION.into(), b"frame too large");
                     return false;
                 }
                 Err(e) => {
@@ -168,7 +195,8 @@ impl Connection {
             Ok(raw) => raw,
             Err(e) => {
                 tracing::info!(remote = %self.remote, error = %e, "malformed frame");
-                self.send_reply(0, Err(Refusal(ErrorCode::BadFrame, e.to_string(), None))).await;
+                self.send_reply(0, Err(Refusal(ErrorCode::BadFrame, e.to_string(), None)))
+                    .await;
                 return;
             }
         };
@@ -179,13 +207,15 @@ impl Connection {
             Ok(None) => {
                 tracing::info!(remote = %self.remote, op, "unknown request");
                 let msg = format!("unknown request `{op}`");
-                self.send_reply(id, Err(Refusal(ErrorCode::UnknownRequest, msg, None))).await;
+                self.send_reply(id, Err(Refusal(ErrorCode::UnknownRequest, msg, None)))
+                    .await;
                 return;
             }
             Err(e) => {
                 tracing::info!(remote = %self.remote, op, error = %e, "bad request");
                 let msg = format!("bad `{op}` request: {e}");
-                self.send_reply(id, Err(Refusal(ErrorCode::BadRequest, msg, None))).await;
+                self.send_reply(id, Err(Refusal(ErrorCode::BadRequest, msg, None)))
+                    .await;
                 return;
             }
         };
@@ -199,21 +229,35 @@ impl Connection {
     async fn dispatch(&mut self, id: u64, request: Request) {
         let auth = match (&self.auth, &request) {
             (_, Request::Ping {}) => return self.send_reply(id, ok(id, &Done {})).await,
-            (Some(_), Request::Register { .. } | Request::Login { .. } | Request::Resume { .. }) => {
-                return self.send_reply(id, refuse(ErrorCode::AlreadyAuthenticated, "already logged in")).await;
+            (
+                Some(_),
+                Request::Register { .. } | Request::Login { .. } | Request::Resume { .. },
+            ) => {
+                return self
+                    .send_reply(
+                        id,
+                        refuse(ErrorCode::AlreadyAuthenticated, "already logged in"),
+                    )
+                    .await;
             }
             (None, Request::Register { .. } | Request::Login { .. } | Request::Resume { .. }) => {
                 let reply = self.authenticate(id, request).await;
                 return self.send_reply(id, reply).await;
             }
-            (None, _) => return self.send_reply(id, refuse(ErrorCode::NotAuthenticated, "log in first")).await,
+            (None, _) => {
+                return self
+                    .send_reply(id, refuse(ErrorCode::NotAuthenticated, "log in first"))
+                    .await;
+            }
             (Some(auth), _) => auth.clone(),
         };
         if let Request::Logout {} = request {
             let reply = self.logout(id, &auth).await;
             return self.send_reply(id, reply).await;
         }
-        let Ok(permit) = self.inflight.clone().acquire_owned().await else { return };
+        let Ok(permit) = self.inflight.clone().acquire_owned().await else {
+            return;
+        };
         // Writes are queued here, in request order; everything else runs in the task.
         let queued = match write_op(&auth, &request) {
             Ok(Some(op)) => match self.state.store.submit(op).await {
@@ -242,7 +286,12 @@ impl Connection {
     async fn authenticate(&mut self, id: u64, request: Request) -> Reply {
         let store = &self.state.store;
         let (outcome, token) = match request {
-            Request::Register { invite, username, password, device } => {
+            Request::Register {
+                invite,
+                username,
+                password,
+                device,
+            } => {
                 auth::check_username(&username).map_err(|(c, m)| Refusal(c, m, None))?;
                 auth::check_password(&password).map_err(|(c, m)| Refusal(c, m, None))?;
                 check_device_name(&device)?;
@@ -258,7 +307,11 @@ impl Connection {
                 };
                 (store.write(op).await?, Some(token))
             }
-            Request::Login { username, password, device } => {
+            Request::Login {
+                username,
+                password,
+                device,
+            } => {
                 check_device_name(&device)?;
                 let user_key = ThrottleKey::User(username.clone());
                 let addr_key = ThrottleKey::Addr(self.remote.ip());
@@ -275,13 +328,16 @@ impl Connection {
                 let found = store.user_by_name(&username)?;
                 // Verify against a fixed hash when the user does not exist, so
                 // timing does not tell which names are registered.
-                let phc = found.as_ref().map(|(_, u)| u.password.clone()).unwrap_or_default();
+                let phc = found
+                    .as_ref()
+                    .map(|(_, u)| u.password.clone())
+                    .unwrap_or_default();
                 let good = tokio::task::spawn_blocking(move || {
                     let phc = if phc.is_empty() { dummy_hash() } else { phc };
                     auth::verify_password(&password, &phc)
                 })
-                    .await
-                    .unwrap_or(false);
+                .await
+                .unwrap_or(false);
                 let (user_id, record) = match found {
                     Some(found) if good => found,
                     _ => {
@@ -296,39 +352,87 @@ impl Connection {
                     return refuse(ErrorCode::AccountDisabled, "this account is disabled");
                 }
                 let (token, token_hash) = auth::new_token();
-                let op = WriteOp::AddDevice { user: user_id, device, token_hash, now: now_ms() };
+                let op = WriteOp::AddDevice {
+                    user: user_id,
+                    device,
+                    token_hash,
+                    now: now_ms(),
+                };
                 (store.write(op).await?, Some(token))
             }
             Request::Resume { token } => {
-                let Some((device, _, user)) = store.device_by_token(&auth::token_hash(&token))? else {
+                let Some((device, _, user)) = store.device_by_token(&auth::token_hash(&token))?
+                else {
                     tracing::info!(remote = %self.remote, "resume with an unknown or revoked token");
-                    return refuse(ErrorCode::InvalidToken, "unknown or revoked device token; log in again");
+                    return refuse(
+                        ErrorCode::InvalidToken,
+                        "unknown or revoked device token; log in again",
+                    );
                 };
                 if user.disabled {
                     return refuse(ErrorCode::AccountDisabled, "this account is disabled");
                 }
                 let Some((user_id, _)) = store.user_by_name(&user.name)? else {
-                    return refuse(ErrorCode::InvalidToken, "unknown or revoked device token; log in again");
+                    return refuse(
+                        ErrorCode::InvalidToken,
+                        "unknown or revoked device token; log in again",
+                    );
                 };
-                (WriteOutcome::Device { user: user_id, username: user.name, role: user.role, device }, None)
+                (
+                    WriteOutcome::Device {
+                        user: user_id,
+                        username: user.name,
+                        role: user.role,
+                        device,
+                    },
+                    None,
+                )
             }
             _ => return refuse(ErrorCode::BadRequest, "not a login request"),
         };
-        let WriteOutcome::Device { user, username, role, device } = outcome else {
+        let WriteOutcome::Device {
+            user,
+            username,
+            role,
+            device,
+        } = outcome
+        else {
             return refuse(ErrorCode::Internal, "unexpected store answer");
         };
         let (conn_id, events) = self.state.hub.register(user, device, self.conn.clone());
         tokio::spawn(forward_events(self.conn.clone(), events));
         tracing::debug!(remote = %self.remote, user = username, device, "logged in");
-        let session = Session { user: username.clone(), role, device, token };
-        self.auth = Some(Auth { user, username, role, device, conn_id });
+        let session = Session {
+            user: username.clone(),
+            role,
+            device,
+            token,
+        };
+        self.auth = Some(Auth {
+            user,
+            username,
+            role,
+            device,
+            conn_id,
+        });
         ok(id, &session)
     }
 
     async fn logout(&mut self, id: u64, auth: &Auth) -> Reply {
-        self.state.store.write(WriteOp::RemoveDevice { device: auth.device }).await?;
+        self.state
+            .store
+            .write(WriteOp::RemoveDevice {
+                device: auth.device,
+            })
+            .await?;
         self.go_offline();
-        self.state.hub.close_device(auth.user, auth.device, auth.conn_id, close::DEVICE_REVOKED, "device logged out");
+        self.state.hub.close_device(
+            auth.user,
+            auth.device,
+            auth.conn_id,
+            close::DEVICE_REVOKED,
+            "device logged out",
+        );
         ok(id, &Done {})
     }
 
@@ -344,7 +448,10 @@ fn check_device_name(name: &str) -> Result<(), Refusal> {
     if (1..=64).contains(&len) && !name.chars().any(char::is_control) {
         Ok(())
     } else {
-        refuse(ErrorCode::BadRequest, "a device name is 1 to 64 printable characters")
+        refuse(
+            ErrorCode::BadRequest,
+            "a device name is 1 to 64 printable characters",
+        )
     }
 }
 
@@ -353,7 +460,10 @@ fn check_group_name(name: &str) -> Result<(), Refusal> {
     if (1..=64).contains(&len) && !name.chars().any(char::is_control) {
         Ok(())
     } else {
-        refuse(ErrorCode::BadRequest, "a group name is 1 to 64 printable characters")
+        refuse(
+            ErrorCode::BadRequest,
+            "a group name is 1 to 64 printable characters",
+        )
     }
 }
 
@@ -380,35 +490,63 @@ fn ok<T: Serialize>(id: u64, result: &T) -> Reply {
 fn encode_reply(id: u64, reply: Reply) -> Vec<u8> {
     match reply {
         Ok(frame) => frame,
-        Err(Refusal(code, message, retry_after_ms)) => {
-            protocol::encode_err(id, &ErrorBody { code, message, retry_after_ms })
-        }
+        Err(Refusal(code, message, retry_after_ms)) => protocol::encode_err(
+            id,
+            &ErrorBody {
+                code,
+                message,
+                retry_after_ms,
+            },
+        ),
     }
 }
 
 fn require_admin(auth: &Auth) -> Result<(), Refusal> {
-    if auth.role == Role::Admin { Ok(()) } else { refuse(ErrorCode::Forbidden, "administrators only") }
+    if auth.role == Role::Admin {
+        Ok(())
+    } else {
+        refuse(ErrorCode::Forbidden, "administrators only")
+    }
 }
 
 /// The store write a request makes, checked; `None` for requests that only read.
 fn write_op(auth: &Auth, request: &Request) -> Result<Option<WriteOp>, Refusal> {
     let now = now_ms();
     let op = match request {
-        Request::Send { conv, user, mid, text, ext } => {
+        Request::Send {
+            conv,
+            user,
+            mid,
+            text,
+            ext,
+        } => {
             let target = match (conv, user) {
                 (Some(conv), None) => Target::Conv(*conv),
                 (None, Some(user)) => Target::User(user.clone()),
-                _ => return refuse(ErrorCode::BadRequest, "give exactly one of `conv` and `user`"),
+                _ => {
+                    return refuse(
+                        ErrorCode::BadRequest,
+                        "give exactly one of `conv` and `user`",
+                    );
+                }
             };
-            let mid: [u8; MID_LEN] = mid
-                .as_slice()
-                .try_into()
-                .or_else(|_| refuse(ErrorCode::BadRequest, format!("`mid` must be {MID_LEN} bytes")))?;
+            let mid: [u8; MID_LEN] = mid.as_slice().try_into().or_else(|_| {
+                refuse(
+                    ErrorCode::BadRequest,
+                    format!("`mid` must be {MID_LEN} bytes"),
+                )
+            })?;
             if text.len() > MAX_TEXT {
-                return refuse(ErrorCode::TextTooLong, format!("text is over {MAX_TEXT} bytes"));
+                return refuse(
+                    ErrorCode::TextTooLong,
+                    format!("text is over {MAX_TEXT} bytes"),
+                );
             }
             if ext.as_ref().is_some_and(|e| e.len() > MAX_EXT) {
-                return refuse(ErrorCode::ExtTooLarge, format!("`ext` is over {MAX_EXT} bytes"));
+                return refuse(
+                    ErrorCode::ExtTooLarge,
+                    format!("`ext` is over {MAX_EXT} bytes"),
+                );
             }
             WriteOp::Send {
                 user: auth.user,
@@ -421,11 +559,19 @@ fn write_op(auth: &Auth, request: &Request) -> Result<Option<WriteOp>, Refusal> 
                 now,
             }
         }
-        Request::Ack { conv, seq } => WriteOp::Ack { user: auth.user, device: auth.device, conv: *conv, seq: *seq },
+        Request::Ack { conv, seq } => WriteOp::Ack {
+            user: auth.user,
+            device: auth.device,
+            conv: *conv,
+            seq: *seq,
+        },
         Request::GroupCreate { name, members } => {
             check_group_name(name)?;
             if members.len() >= MAX_GROUP_MEMBERS {
-                return refuse(ErrorCode::BadRequest, format!("a group has at most {MAX_GROUP_MEMBERS} members"));
+                return refuse(
+                    ErrorCode::BadRequest,
+                    format!("a group has at most {MAX_GROUP_MEMBERS} members"),
+                );
             }
             WriteOp::GroupCreate {
                 user: auth.user,
@@ -462,9 +608,15 @@ fn write_op(auth: &Auth, request: &Request) -> Result<Option<WriteOp>, Refusal> 
         Request::AdminDisable { user } | Request::AdminEnable { user } => {
             require_admin(auth)?;
             if *user == auth.username {
-                return refuse(ErrorCode::BadRequest, "you cannot disable or enable your own account");
+                return refuse(
+                    ErrorCode::BadRequest,
+                    "you cannot disable or enable your own account",
+                );
             }
-            WriteOp::SetDisabled { username: user.clone(), disabled: matches!(request, Request::AdminDisable { .. }) }
+            WriteOp::SetDisabled {
+                username: user.clone(),
+                disabled: matches!(request, Request::AdminDisable { .. }),
+            }
         }
         _ => return Ok(None),
     };
@@ -472,9 +624,19 @@ fn write_op(auth: &Auth, request: &Request) -> Result<Option<WriteOp>, Refusal> 
 }
 
 /// Answers a committed write and pushes what it produced to the recipients.
-async fn after_write(state: &State, auth: &Auth, id: u64, request: &Request, outcome: WriteOutcome) -> Reply {
+async fn after_write(
+    state: &State,
+    auth: &Auth,
+    id: u64,
+    request: &Request,
+    outcome: WriteOutcome,
+) -> Reply {
     match outcome {
-        WriteOutcome::Message { ack, message, recipients } => {
+        WriteOutcome::Message {
+            ack,
+            message,
+            recipients,
+        } => {
             if let Some(message) = message {
                 let frame = Bytes::from(protocol::encode_event(&Event::Message(message)));
                 state.hub.deliver(&recipients, auth.device, frame);
@@ -484,7 +646,11 @@ async fn after_write(state: &State, auth: &Auth, id: u64, request: &Request, out
                 _ => ok(id, &Done {}),
             }
         }
-        WriteOutcome::Group { conv, message, recipients } => {
+        WriteOutcome::Group {
+            conv,
+            message,
+            recipients,
+        } => {
             let frame = Bytes::from(protocol::encode_event(&Event::Message(message)));
             state.hub.deliver(&recipients, auth.device, frame);
             ok(id, &Created { conv })
@@ -492,7 +658,11 @@ async fn after_write(state: &State, auth: &Auth, id: u64, request: &Request, out
         WriteOutcome::Account { user, .. } => {
             if let Request::AdminDisable { user: name } = request {
                 tracing::info!(admin = auth.username, user = name, "account disabled");
-                state.hub.close_user(user, close::ACCOUNT_DISABLED, "account disabled by an administrator");
+                state.hub.close_user(
+                    user,
+                    close::ACCOUNT_DISABLED,
+                    "account disabled by an administrator",
+                );
             }
             ok(id, &Done {})
         }
@@ -506,36 +676,87 @@ async fn read(state: &State, auth: &Auth, id: u64, request: Request) -> Reply {
     match request {
         Request::Whoami {} => ok(
             id,
-            &Session { user: auth.username.clone(), role: auth.role, device: auth.device, token: None },
+            &Session {
+                user: auth.username.clone(),
+                role: auth.role,
+                device: auth.device,
+                token: None,
+            },
         ),
-        Request::Sync {} => ok(id, &ConvList { conversations: store.conversations(auth.user, auth.device, true)? }),
-        Request::Conversations {} => {
-            ok(id, &ConvList { conversations: store.conversations(auth.user, auth.device, false)? })
-        }
-        Request::History { conv, after, before, limit } => ok(id, &store.history(auth.user, conv, after, before, limit)?),
+        Request::Sync {} => ok(
+            id,
+            &ConvList {
+                conversations: store.conversations(auth.user, auth.device, true)?,
+            },
+        ),
+        Request::Conversations {} => ok(
+            id,
+            &ConvList {
+                conversations: store.conversations(auth.user, auth.device, false)?,
+            },
+        ),
+        Request::History {
+            conv,
+            after,
+            before,
+            limit,
+        } => ok(id, &store.history(auth.user, conv, after, before, limit)?),
         Request::GroupMembers { conv } => ok(id, &store.members(auth.user, conv)?),
         Request::AdminInvite { role, ttl_secs } => {
             require_admin(auth)?;
-            let ttl_ms = ttl_secs.map(|s| s.saturating_mul(1000)).unwrap_or(state.config.invite_ttl_hours * 3_600_000);
+            let ttl_ms = ttl_secs
+                .map(|s| s.saturating_mul(1000))
+                .unwrap_or(state.config.invite_ttl_hours * 3_600_000);
             let expires = now_ms().saturating_add(ttl_ms);
             let (token, token_hash) = auth::new_token();
-            store.write(WriteOp::CreateInvite { token_hash, role, expires, created_by: auth.user }).await?;
+            store
+                .write(WriteOp::CreateInvite {
+                    token_hash,
+                    role,
+                    expires,
+                    created_by: auth.user,
+                })
+                .await?;
             tracing::info!(admin = auth.username, ?role, "invite created");
-            ok(id, &Invite { token, role, expires })
+            ok(
+                id,
+                &Invite {
+                    token,
+                    role,
+                    expires,
+                },
+            )
         }
         Request::AdminUsers {} => {
             require_admin(auth)?;
-            ok(id, &Users { users: store.users()? })
+            ok(
+                id,
+                &Users {
+                    users: store.users()?,
+                },
+            )
         }
         Request::AdminResetPassword { user, password } => {
             require_admin(auth)?;
             auth::check_password(&password).map_err(|(c, m)| Refusal(c, m, None))?;
             let phc = hash(password).await?;
-            if let WriteOutcome::Account { user: uid, .. } =
-                store.write(WriteOp::ResetPassword { username: user.clone(), password: phc }).await?
+            if let WriteOutcome::Account { user: uid, .. } = store
+                .write(WriteOp::ResetPassword {
+                    username: user.clone(),
+                    password: phc,
+                })
+                .await?
             {
-                tracing::info!(admin = auth.username, user, "password reset; devices signed out");
-                state.hub.close_user(uid, close::DEVICE_REVOKED, "password reset by an administrator");
+                tracing::info!(
+                    admin = auth.username,
+                    user,
+                    "password reset; devices signed out"
+                );
+                state.hub.close_user(
+                    uid,
+                    close::DEVICE_REVOKED,
+                    "password reset by an administrator",
+                );
             }
             ok(id, &Done {})
         }

@@ -34,11 +34,21 @@ pub struct Hub {
 
 impl Hub {
     /// Adds a logged-in connection; the receiver yields its event frames.
-    pub fn register(&self, user: u64, device: u64, conn: quinn::Connection) -> (u64, mpsc::Receiver<Bytes>) {
+    pub fn register(
+        &self,
+        user: u64,
+        device: u64,
+        conn: quinn::Connection,
+    ) -> (u64, mpsc::Receiver<Bytes>) {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
-        users.entry(user).or_default().push(Online { conn_id, device, events: tx, conn });
+        users.entry(user).or_default().push(Online {
+            conn_id,
+            device,
+            events: tx,
+            conn,
+        });
         (conn_id, rx)
     }
 
@@ -56,11 +66,21 @@ impl Hub {
     pub fn deliver(&self, recipients: &[u64], skip_device: u64, frame: Bytes) {
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
         for user in recipients {
-            let Some(list) = users.get(user) else { continue };
+            let Some(list) = users.get(user) else {
+                continue;
+            };
             for online in list.iter().filter(|o| o.device != skip_device) {
-                if let Err(mpsc::error::TrySendError::Full(_)) = online.events.try_send(frame.clone()) {
-                    tracing::info!(device = online.device, "device reads its events too slowly; disconnecting it");
-                    online.conn.close(close::SLOW_CONSUMER.into(), b"too slow reading events; reconnect and sync");
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    online.events.try_send(frame.clone())
+                {
+                    tracing::info!(
+                        device = online.device,
+                        "device reads its events too slowly; disconnecting it"
+                    );
+                    online.conn.close(
+                        close::SLOW_CONSUMER.into(),
+                        b"too slow reading events; reconnect and sync",
+                    );
                 }
             }
         }

@@ -11,7 +11,11 @@ use quince::config::Config;
 use quince::server::Server;
 
 #[derive(Parser)]
-#[command(name = "quince", version, about = "A private instant-messaging server and its client")]
+#[command(
+    name = "quince",
+    version,
+    about = "A private instant-messaging server and its client"
+)]
 struct Args {
     /// Client profile to use (several accounts on one machine each get one).
     #[arg(long, global = true, env = "QUINCE_PROFILE", default_value = "default")]
@@ -58,7 +62,9 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Command::Serve(serve_args) => serve(serve_args),
         Command::Client(command) => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(cli::run(&args.profile, command))
         }
     }
@@ -87,7 +93,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.validate()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log_level")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log_level")?,
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -100,15 +108,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let server = Server::bind(config.clone()).await?;
         let addr = server.local_addr()?;
         // stdout carries the facts a person (or a test) needs; logs go to stderr.
-        println!("quince {} listening on {addr} (udp, {threads} worker threads)", env!("CARGO_PKG_VERSION"));
+        println!(
+            "quince {} listening on {addr} (udp, {threads} worker threads)",
+            env!("CARGO_PKG_VERSION")
+        );
         println!("certificate fingerprint (SHA-256): {}", server.fingerprint);
         if let Some(invite) = &server.admin_invite {
             println!("admin invite: {invite}");
             println!(
                 "  (one-time; also in {}) register the first account with:",
-                config.data_dir.join(quince::server::ADMIN_INVITE_FILE).display()
+                config
+                    .data_dir
+                    .join(quince::server::ADMIN_INVITE_FILE)
+                    .display()
             );
-            println!("  quince register --server {} --invite {invite} YOUR_NAME", client_addr(addr));
+            println!(
+                "  quince register --server {} --invite {invite} YOUR_NAME",
+                client_addr(addr)
+            );
         }
         server.run(shutdown_signal()).await;
         anyhow::Ok(())
@@ -119,14 +136,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn client_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     let mut addr = addr;
     if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv6() { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() });
+        addr.set_ip(if addr.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        });
     }
     addr
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

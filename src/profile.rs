@@ -28,7 +28,12 @@ pub fn home() -> anyhow::Result<PathBuf> {
 }
 
 fn profile_path(name: &str) -> anyhow::Result<PathBuf> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || name.starts_with('.')
+    {
         bail!("a profile name is letters, digits, '-', '_' and '.'");
     }
     Ok(home()?.join("profiles").join(format!("{name}.toml")))
@@ -37,9 +42,13 @@ fn profile_path(name: &str) -> anyhow::Result<PathBuf> {
 fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = path.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
     }
-    quince::tls::write_private(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    quince::tls::write_private(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn load(name: &str) -> anyhow::Result<Profile> {
@@ -80,7 +89,8 @@ pub fn pinned(server: &str) -> anyhow::Result<Option<String>> {
 pub fn pin(server: &str, fingerprint: &str) -> anyhow::Result<()> {
     let path = known_path()?;
     let mut known: BTreeMap<String, String> = if path.exists() {
-        toml::from_str(&std::fs::read_to_string(&path)?).with_context(|| format!("reading {}", path.display()))?
+        toml::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("reading {}", path.display()))?
     } else {
         BTreeMap::new()
     };

@@ -32,17 +32,17 @@ pub const MID_LEN: usize = 16;
 
 /// QUIC application error codes used when the server closes a connection.
 pub mod close {
-    /// Normal close (client quit, or logout).
+    /// Normal close (the client quit).
     pub const NORMAL: u32 = 0;
     /// The server is shutting down; reconnect later.
     pub const SHUTDOWN: u32 = 1;
-    /// The account was disabled or its password reset by an administrator.
+    /// The account was disabled by an administrator.
     pub const ACCOUNT_DISABLED: u32 = 2;
     /// The client sent a frame over [`super::MAX_FRAME`] or a broken length prefix.
     pub const PROTOCOL_VIOLATION: u32 = 3;
     /// The client did not read its events fast enough; reconnect and sync.
     pub const SLOW_CONSUMER: u32 = 4;
-    /// This device's token was revoked.
+    /// This device's token was revoked (logout elsewhere, or a password reset).
     pub const DEVICE_REVOKED: u32 = 5;
 }
 
@@ -69,11 +69,22 @@ pub enum Target {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Create an account with an invite token; logs this connection in.
-    Register { invite: String, username: String, password: String, device: String },
+    Register {
+        invite: String,
+        username: String,
+        password: String,
+        device: String,
+    },
     /// Log in with a password; creates a device and returns its token.
-    Login { username: String, password: String, device: String },
+    Login {
+        username: String,
+        password: String,
+        device: String,
+    },
     /// Log in with a device token from an earlier `login`/`register`.
-    Resume { token: String },
+    Resume {
+        token: String,
+    },
     /// Revoke this device's token and log the connection out.
     Logout {},
     /// Who this connection is logged in as.
@@ -106,13 +117,29 @@ pub enum Request {
         limit: u32,
     },
     /// This device has received everything in `conv` up to `seq`.
-    Ack { conv: u64, seq: u64 },
+    Ack {
+        conv: u64,
+        seq: u64,
+    },
     /// Create a group with the caller as owner and the named members.
-    GroupCreate { name: String, members: Vec<String> },
-    GroupAdd { conv: u64, user: String },
-    GroupRemove { conv: u64, user: String },
-    GroupLeave { conv: u64 },
-    GroupMembers { conv: u64 },
+    GroupCreate {
+        name: String,
+        members: Vec<String>,
+    },
+    GroupAdd {
+        conv: u64,
+        user: String,
+    },
+    GroupRemove {
+        conv: u64,
+        user: String,
+    },
+    GroupLeave {
+        conv: u64,
+    },
+    GroupMembers {
+        conv: u64,
+    },
     /// Admin: create an invite token.
     AdminInvite {
         #[serde(default)]
@@ -121,9 +148,16 @@ pub enum Request {
         ttl_secs: Option<u64>,
     },
     AdminUsers {},
-    AdminDisable { user: String },
-    AdminEnable { user: String },
-    AdminResetPassword { user: String, password: String },
+    AdminDisable {
+        user: String,
+    },
+    AdminEnable {
+        user: String,
+    },
+    AdminResetPassword {
+        user: String,
+        password: String,
+    },
     AdminStatus {},
 }
 
@@ -172,7 +206,7 @@ pub enum ErrorCode {
     AlreadyAuthenticated,
     /// Wrong username or password.
     InvalidCredentials,
-    /// Unknown, expired or revoked device token.
+    /// Unknown or revoked device token.
     InvalidToken,
     /// Unknown, used or expired invite token.
     InvalidInvite,
@@ -219,10 +253,18 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ext: Option<ByteBuf>,
     },
-    GroupCreated { name: String },
-    MemberAdded { user: String },
-    MemberRemoved { user: String },
-    MemberLeft { user: String },
+    GroupCreated {
+        name: String,
+    },
+    MemberAdded {
+        user: String,
+    },
+    MemberRemoved {
+        user: String,
+    },
+    MemberLeft {
+        user: String,
+    },
 }
 
 /// One message of a conversation, as stored and as delivered.
@@ -402,7 +444,10 @@ impl RawRequest {
         if !Request::OPS.contains(&self.op.as_str()) {
             return Ok(None);
         }
-        self.body.deserialized::<Request>().map(Some).map_err(|e| e.to_string())
+        self.body
+            .deserialized::<Request>()
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -504,22 +549,34 @@ fn as_u64(v: &Value) -> Option<u64> {
 /// Splits a request frame body into id, op and the remaining fields.
 pub fn decode_request(body: &[u8]) -> Result<RawRequest, FrameError> {
     let mut entries = decode_map(body)?;
-    let id = take(&mut entries, "id").as_ref().and_then(as_u64).ok_or(FrameError::NotARequest)?;
+    let id = take(&mut entries, "id")
+        .as_ref()
+        .and_then(as_u64)
+        .ok_or(FrameError::NotARequest)?;
     let op = entries
         .iter()
         .find(|(k, _)| k.as_text() == Some("op"))
         .and_then(|(_, v)| v.as_text())
         .ok_or(FrameError::NotARequest)?
         .to_string();
-    Ok(RawRequest { id, op, body: Value::Map(entries) })
+    Ok(RawRequest {
+        id,
+        op,
+        body: Value::Map(entries),
+    })
 }
 
 /// Decodes a response frame body (client side).
 pub fn decode_reply(body: &[u8]) -> Result<Reply, FrameError> {
     let mut entries = decode_map(body)?;
-    let id = take(&mut entries, "id").as_ref().and_then(as_u64).ok_or(FrameError::NotARequest)?;
+    let id = take(&mut entries, "id")
+        .as_ref()
+        .and_then(as_u64)
+        .ok_or(FrameError::NotARequest)?;
     if let Some(err) = take(&mut entries, "err") {
-        let error = err.deserialized::<ErrorBody>().map_err(|e| FrameError::Cbor(e.to_string()))?;
+        let error = err
+            .deserialized::<ErrorBody>()
+            .map_err(|e| FrameError::Cbor(e.to_string()))?;
         return Ok(Reply::Err { id, error });
     }
     let result = take(&mut entries, "ok").ok_or(FrameError::NotARequest)?;
@@ -533,7 +590,9 @@ pub fn decode_event(body: &[u8]) -> Result<Event, FrameError> {
 
 /// Deserializes a response's `ok` value into the result type of its request.
 pub fn decode_result<T: DeserializeOwned>(value: Value) -> Result<T, FrameError> {
-    value.deserialized::<T>().map_err(|e| FrameError::Cbor(e.to_string()))
+    value
+        .deserialized::<T>()
+        .map_err(|e| FrameError::Cbor(e.to_string()))
 }
 
 #[cfg(test)]
@@ -571,6 +630,9 @@ mod tests {
     #[test]
     fn garbage_is_a_frame_error() {
         assert!(decode_request(&[0xff, 0x00, 0x13]).is_err());
-        assert!(matches!(decode_request(&[0x01]), Err(FrameError::NotARequest)));
+        assert!(matches!(
+            decode_request(&[0x01]),
+            Err(FrameError::NotARequest)
+        ));
     }
 }

@@ -33,13 +33,19 @@ const ADMIN_INVITE_TTL_MS: u64 = 30 * 24 * 3_600_000;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What every connection shares.
@@ -72,7 +78,8 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let dir = config.data_dir.clone();
         create_private_dir(&dir)?;
-        let (store, writer) = Store::open(&dir.join(DB_FILE), config.cache_mb.max(1) * 1024 * 1024)?;
+        let (store, writer) =
+            Store::open(&dir.join(DB_FILE), config.cache_mb.max(1) * 1024 * 1024)?;
         let configured = config.cert.as_deref().zip(config.key.as_deref());
         let (identity, new_certificate) = tls::load_or_create(&dir, configured)?;
         let fingerprint = identity.fingerprint();
@@ -89,8 +96,12 @@ impl Server {
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(Arc::new(transport()));
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
-            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+            ServerError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(State {
@@ -102,7 +113,15 @@ impl Server {
             connections: AtomicU64::new(0),
             shutdown: shutdown_rx,
         });
-        Ok(Server { endpoint, state, writer, shutdown, fingerprint, new_certificate, admin_invite })
+        Ok(Server {
+            endpoint,
+            state,
+            writer,
+            shutdown,
+            fingerprint,
+            new_certificate,
+            admin_invite,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -111,7 +130,13 @@ impl Server {
 
     /// Serves until `stop` resolves, then shuts down cleanly.
     pub async fn run(self, stop: impl Future<Output = ()>) {
-        let Server { endpoint, state, writer, shutdown, .. } = self;
+        let Server {
+            endpoint,
+            state,
+            writer,
+            shutdown,
+            ..
+        } = self;
         let mut connections = JoinSet::new();
         tokio::pin!(stop);
         loop {
@@ -129,7 +154,10 @@ impl Server {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
-        tracing::info!(connections = connections.len(), "shutting down: no new connections");
+        tracing::info!(
+            connections = connections.len(),
+            "shutting down: no new connections"
+        );
         endpoint.set_server_config(None);
         let _ = shutdown.send(true);
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
@@ -144,7 +172,11 @@ impl Server {
         drop(state);
         let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
         // The writer exits once the last store handle is gone, after committing its queue.
-        let _ = tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || writer.join())).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::task::spawn_blocking(move || writer.join()),
+        )
+        .await;
         tracing::info!("stopped");
     }
 }
@@ -165,9 +197,16 @@ fn transport() -> quinn::TransportConfig {
 
 fn create_private_dir(dir: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::DirBuilderExt;
-    let err = |source| ServerError::DataDir { path: dir.display().to_string(), source };
+    let err = |source| ServerError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
     if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -182,7 +221,13 @@ async fn bootstrap_invite(store: &Store, dir: &Path) -> Result<Option<String>, S
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
         + ADMIN_INVITE_TTL_MS;
-    match store.write(WriteOp::Bootstrap { token_hash, expires }).await? {
+    match store
+        .write(WriteOp::Bootstrap {
+            token_hash,
+            expires,
+        })
+        .await?
+    {
         WriteOutcome::Bootstrapped(true) => {
             tls::write_private(&file, format!("{token}\n").as_bytes())?;
             Ok(Some(token))

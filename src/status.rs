@@ -30,15 +30,27 @@ pub fn machine(data_dir: &Path) -> Machine {
         }
         Err(_) => (0, 0),
     };
-    let load_average = System::load_average().map(|l| [l.one, l.five, l.fifteen]).unwrap_or([0.0; 3]);
-    Machine { rss_bytes, total_memory_bytes, load_average, disk_free_bytes: disk_free(data_dir), temperature_c: temperature() }
+    let load_average = System::load_average()
+        .map(|l| [l.one, l.five, l.fifteen])
+        .unwrap_or([0.0; 3]);
+    Machine {
+        rss_bytes,
+        total_memory_bytes,
+        load_average,
+        disk_free_bytes: disk_free(data_dir),
+        temperature_c: temperature(),
+    }
 }
 
 /// Free space on the filesystem holding `dir`: the disk with the longest mount
 /// point that is a prefix of the directory's real path.
 fn disk_free(dir: &Path) -> u64 {
-    let Ok(dir) = dir.canonicalize() else { return 0 };
-    let Ok(disks) = Disks::new_with_refreshed_list() else { return 0 };
+    let Ok(dir) = dir.canonicalize() else {
+        return 0;
+    };
+    let Ok(disks) = Disks::new_with_refreshed_list() else {
+        return 0;
+    };
     disks
         .iter()
         .filter(|d| dir.starts_with(d.mount_point()))
@@ -55,6 +67,10 @@ fn temperature() -> Option<f32> {
         let l = c.label().to_ascii_lowercase();
         l.contains("cpu") || l.contains("package") || l.contains("soc")
     });
-    cpu.and_then(|c| c.temperature())
-        .or_else(|| components.iter().filter_map(|c| c.temperature()).reduce(f32::max))
+    cpu.and_then(|c| c.temperature()).or_else(|| {
+        components
+            .iter()
+            .filter_map(|c| c.temperature())
+            .reduce(f32::max)
+    })
 }

@@ -80,7 +80,9 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("corrupt record in table {0}")]
     Corrupt(&'static str),
-    #[error("the database file was written by a newer quince (schema {0}); this build reads {SCHEMA_VERSION}")]
+    #[error(
+        "the database file was written by a newer quince (schema {0}); this build reads {SCHEMA_VERSION}"
+    )]
     NewerSchema(u32),
     #[error("the store is shut down")]
     Closed,
@@ -198,7 +200,10 @@ fn dec<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, Stor
 #[derive(Debug)]
 pub enum WriteOp {
     /// First start: make the admin invite if there are no accounts and no invites.
-    Bootstrap { token_hash: [u8; 32], expires: u64 },
+    Bootstrap {
+        token_hash: [u8; 32],
+        expires: u64,
+    },
     Register {
         invite_hash: [u8; 32],
         username: String,
@@ -207,8 +212,15 @@ pub enum WriteOp {
         token_hash: [u8; 32],
         now: u64,
     },
-    AddDevice { user: u64, device: String, token_hash: [u8; 32], now: u64 },
-    RemoveDevice { device: u64 },
+    AddDevice {
+        user: u64,
+        device: String,
+        token_hash: [u8; 32],
+        now: u64,
+    },
+    RemoveDevice {
+        device: u64,
+    },
     Send {
         user: u64,
         username: String,
@@ -219,14 +231,57 @@ pub enum WriteOp {
         ext: Option<ByteBuf>,
         now: u64,
     },
-    Ack { user: u64, device: u64, conv: u64, seq: u64 },
-    GroupCreate { user: u64, username: String, device: u64, name: String, members: Vec<String>, now: u64 },
-    GroupAdd { user: u64, username: String, device: u64, conv: u64, member: String, now: u64 },
-    GroupRemove { user: u64, username: String, device: u64, conv: u64, member: String, now: u64 },
-    GroupLeave { user: u64, username: String, device: u64, conv: u64, now: u64 },
-    CreateInvite { token_hash: [u8; 32], role: Role, expires: u64, created_by: u64 },
-    SetDisabled { username: String, disabled: bool },
-    ResetPassword { username: String, password: String },
+    Ack {
+        user: u64,
+        device: u64,
+        conv: u64,
+        seq: u64,
+    },
+    GroupCreate {
+        user: u64,
+        username: String,
+        device: u64,
+        name: String,
+        members: Vec<String>,
+        now: u64,
+    },
+    GroupAdd {
+        user: u64,
+        username: String,
+        device: u64,
+        conv: u64,
+        member: String,
+        now: u64,
+    },
+    GroupRemove {
+        user: u64,
+        username: String,
+        device: u64,
+        conv: u64,
+        member: String,
+        now: u64,
+    },
+    GroupLeave {
+        user: u64,
+        username: String,
+        device: u64,
+        conv: u64,
+        now: u64,
+    },
+    CreateInvite {
+        token_hash: [u8; 32],
+        role: Role,
+        expires: u64,
+        created_by: u64,
+    },
+    SetDisabled {
+        username: String,
+        disabled: bool,
+    },
+    ResetPassword {
+        username: String,
+        password: String,
+    },
 }
 
 /// What a committed write produced.
@@ -235,13 +290,29 @@ pub enum WriteOutcome {
     Done,
     Bootstrapped(bool),
     /// A new account or device: (user id, username, role, device id).
-    Device { user: u64, username: String, role: Role, device: u64 },
+    Device {
+        user: u64,
+        username: String,
+        role: Role,
+        device: u64,
+    },
     /// A stored message and the users whose devices should get it pushed.
-    Message { ack: SendAck, message: Option<Message>, recipients: Vec<u64> },
+    Message {
+        ack: SendAck,
+        message: Option<Message>,
+        recipients: Vec<u64>,
+    },
     /// A new group.
-    Group { conv: u64, message: Message, recipients: Vec<u64> },
+    Group {
+        conv: u64,
+        message: Message,
+        recipients: Vec<u64>,
+    },
     /// An account whose connections must now be closed, and its revoked devices.
-    Account { user: u64, devices: Vec<u64> },
+    Account {
+        user: u64,
+        devices: Vec<u64>,
+    },
 }
 
 struct Job {
@@ -272,13 +343,17 @@ impl Store {
     /// Opens (or creates) the database file and starts the writer thread.
     /// `cache_bytes` bounds redb's page cache.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<(Store, WriterThread), StoreError> {
-        let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             let version = match meta.get("schema_version")? {
                 Some(v) => Some(u32::from_be_bytes(
-                    v.value().try_into().map_err(|_| StoreError::Corrupt("meta"))?,
+                    v.value()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("meta"))?,
                 )),
                 None => None,
             };
@@ -312,7 +387,14 @@ impl Store {
             .name("quince-writer".into())
             .spawn(move || writer_loop(writer_db, rx))
             .map_err(|e| StoreError::Db(redb::StorageError::Io(e).into()))?;
-        Ok((Store { db, path: path.to_path_buf(), writer: tx }, WriterThread(handle)))
+        Ok((
+            Store {
+                db,
+                path: path.to_path_buf(),
+                writer: tx,
+            },
+            WriterThread(handle),
+        ))
     }
 
     /// Queues a write; the returned receiver resolves after its commit.
@@ -322,13 +404,19 @@ impl Store {
         op: WriteOp,
     ) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(Job { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         Ok(rx)
     }
 
     /// Queues a write and waits for its commit.
     pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
-        self.submit(op).await?.await.map_err(|_| StoreError::Closed)?
+        self.submit(op)
+            .await?
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     /// Size of the database file in bytes.
@@ -355,10 +443,18 @@ impl Store {
         token_hash: &[u8; 32],
     ) -> Result<Option<(u64, DeviceRecord, UserRecord)>, StoreError> {
         let txn = self.db.begin_read()?;
-        let Some(id) = txn.open_table(DEVICE_TOKENS)?.get(token_hash)?.map(|v| v.value()) else {
+        let Some(id) = txn
+            .open_table(DEVICE_TOKENS)?
+            .get(token_hash)?
+            .map(|v| v.value())
+        else {
             return Ok(None);
         };
-        let Some(dev) = txn.open_table(DEVICES)?.get(id)?.map(|v| v.value().to_vec()) else {
+        let Some(dev) = txn
+            .open_table(DEVICES)?
+            .get(id)?
+            .map(|v| v.value().to_vec())
+        else {
             return Ok(None);
         };
         let dev: DeviceRecord = dec("devices", &dev)?;
@@ -387,9 +483,13 @@ impl Store {
         for entry in user_convs.range(k16(user, 0)..=k16(user, u64::MAX))? {
             let (key, _) = entry?;
             let (_, conv) = split16(key.value());
-            let Some(rec) = convs.get(conv)? else { continue };
+            let Some(rec) = convs.get(conv)? else {
+                continue;
+            };
             let rec: ConvRecord = dec("conversations", rec.value())?;
-            let Some(m) = members.get(k16(conv, user))? else { continue };
+            let Some(m) = members.get(k16(conv, user))? else {
+                continue;
+            };
             let m: Membership = dec("members", m.value())?;
             let last_seq = m.until_seq.unwrap_or(rec.last_seq);
             let cursor = cursors
@@ -425,7 +525,10 @@ impl Store {
     /// The direct conversation between two users, if it exists.
     pub fn direct_conv(&self, a: u64, b: u64) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(DIRECT)?.get(k16(a.min(b), a.max(b)))?.map(|v| v.value()))
+        Ok(txn
+            .open_table(DIRECT)?
+            .get(k16(a.min(b), a.max(b)))?
+            .map(|v| v.value()))
     }
 
     /// A page of a conversation the user may read.
@@ -442,7 +545,12 @@ impl Store {
         }
         let limit = limit.clamp(1, MAX_PAGE) as usize;
         let txn = self.db.begin_read()?;
-        let (rec, m) = readable(&txn.open_table(CONVS)?, &txn.open_table(MEMBERS)?, conv, user)?;
+        let (rec, m) = readable(
+            &txn.open_table(CONVS)?,
+            &txn.open_table(MEMBERS)?,
+            conv,
+            user,
+        )?;
         let lo = m.from_seq.max(1);
         let hi = m.until_seq.unwrap_or(rec.last_seq);
         let messages_table = txn.open_table(MESSAGES)?;
@@ -455,7 +563,9 @@ impl Store {
                 for entry in messages_table.range(k16(conv, start)..=k16(conv, hi))? {
                     let (_, v) = entry?;
                     let v = v.value();
-                    if messages.len() == limit || (bytes + v.len() > PAGE_BYTES && !messages.is_empty()) {
+                    if messages.len() == limit
+                        || (bytes + v.len() > PAGE_BYTES && !messages.is_empty())
+                    {
                         more = true;
                         break;
                     }
@@ -469,7 +579,9 @@ impl Store {
                 for entry in messages_table.range(k16(conv, lo)..k16(conv, end))?.rev() {
                     let (_, v) = entry?;
                     let v = v.value();
-                    if messages.len() == limit || (bytes + v.len() > PAGE_BYTES && !messages.is_empty()) {
+                    if messages.len() == limit
+                        || (bytes + v.len() > PAGE_BYTES && !messages.is_empty())
+                    {
                         more = true;
                         break;
                     }
@@ -489,7 +601,10 @@ impl Store {
         let members = txn.open_table(MEMBERS)?;
         let (rec, m) = readable(&convs, &members, conv, user)?;
         if !m.active() {
-            return reject(ErrorCode::Forbidden, format!("you are no longer a member of conversation {conv}"));
+            return reject(
+                ErrorCode::Forbidden,
+                format!("you are no longer a member of conversation {conv}"),
+            );
         }
         let users = txn.open_table(USERS)?;
         let mut out = Vec::new();
@@ -501,10 +616,16 @@ impl Store {
             }
             let (_, uid) = split16(k.value());
             if let Some(u) = read_user(&users, uid)? {
-                out.push(Member { user: u.name, owner: uid == rec.owner });
+                out.push(Member {
+                    user: u.name,
+                    owner: uid == rec.owner,
+                });
             }
         }
-        Ok(Members { name: rec.name, members: out })
+        Ok(Members {
+            name: rec.name,
+            members: out,
+        })
     }
 
     /// Every account, for administrators.
@@ -518,7 +639,13 @@ impl Store {
             let u: UserRecord = dec("users", v.value())?;
             let id = k.value();
             let devices = user_devices.range(k16(id, 0)..=k16(id, u64::MAX))?.count() as u32;
-            out.push(UserInfo { user: u.name, role: u.role, disabled: u.disabled, devices, created: u.created });
+            out.push(UserInfo {
+                user: u.name,
+                role: u.role,
+                disabled: u.disabled,
+                devices,
+                created: u.created,
+            });
         }
         Ok(out)
     }
@@ -526,7 +653,10 @@ impl Store {
     /// Counts for the status report: (users, messages).
     pub fn counts(&self) -> Result<(u64, u64), StoreError> {
         let txn = self.db.begin_read()?;
-        Ok((txn.open_table(USERS)?.len()?, txn.open_table(MESSAGES)?.len()?))
+        Ok((
+            txn.open_table(USERS)?.len()?,
+            txn.open_table(MESSAGES)?.len()?,
+        ))
     }
 }
 
@@ -551,7 +681,12 @@ fn readable(
 ) -> Result<(ConvRecord, Membership), StoreError> {
     let m = match members.get(k16(conv, user))? {
         Some(v) => dec::<Membership>("members", v.value())?,
-        None => return reject(ErrorCode::Forbidden, format!("you are not a member of conversation {conv}")),
+        None => {
+            return reject(
+                ErrorCode::Forbidden,
+                format!("you are not a member of conversation {conv}"),
+            );
+        }
     };
     let rec = match convs.get(conv)? {
         Some(v) => dec::<ConvRecord>("conversations", v.value())?,
@@ -654,10 +789,15 @@ impl<'t> Writer<'t> {
 
     fn next_id(&mut self, counter: &str) -> Result<u64, StoreError> {
         let current = match self.meta.get(counter)? {
-            Some(v) => u64::from_be_bytes(v.value().try_into().map_err(|_| StoreError::Corrupt("meta"))?),
+            Some(v) => u64::from_be_bytes(
+                v.value()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("meta"))?,
+            ),
             None => 1,
         };
-        self.meta.insert(counter, (current + 1).to_be_bytes().as_slice())?;
+        self.meta
+            .insert(counter, (current + 1).to_be_bytes().as_slice())?;
         Ok(current)
     }
 
@@ -716,20 +856,44 @@ impl<'t> Writer<'t> {
     ) -> Result<Message, StoreError> {
         rec.last_seq += 1;
         let seq = rec.last_seq;
-        let message = Message { conv, seq, mid: ByteBuf::from(mid.to_vec()), from: from.to_string(), device, ts: now, body };
-        self.messages.insert(k16(conv, seq), enc(&message).as_slice())?;
+        let message = Message {
+            conv,
+            seq,
+            mid: ByteBuf::from(mid.to_vec()),
+            from: from.to_string(),
+            device,
+            ts: now,
+            body,
+        };
+        self.messages
+            .insert(k16(conv, seq), enc(&message).as_slice())?;
         self.convs.insert(conv, enc(rec).as_slice())?;
         let cursor_key = k16(device, conv);
-        let cursor = self.cursors.get(cursor_key)?.map(|v| v.value()).unwrap_or(0);
+        let cursor = self
+            .cursors
+            .get(cursor_key)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         if cursor + 1 == seq {
             self.cursors.insert(cursor_key, seq)?;
         }
         Ok(message)
     }
 
-    fn create_device(&mut self, user: u64, name: &str, token_hash: [u8; 32], now: u64) -> Result<u64, StoreError> {
+    fn create_device(
+        &mut self,
+        user: u64,
+        name: &str,
+        token_hash: [u8; 32],
+        now: u64,
+    ) -> Result<u64, StoreError> {
         let id = self.next_id("next_device")?;
-        let rec = DeviceRecord { user, name: name.to_string(), token_hash: token_hash.to_vec(), created: now };
+        let rec = DeviceRecord {
+            user,
+            name: name.to_string(),
+            token_hash: token_hash.to_vec(),
+            created: now,
+        };
         self.devices.insert(id, enc(&rec).as_slice())?;
         self.device_tokens.insert(token_hash, id)?;
         self.user_devices.insert(k16(user, id), ())?;
@@ -745,13 +909,17 @@ impl<'t> Writer<'t> {
             self.device_tokens.remove(hash)?;
         }
         self.user_devices.remove(k16(rec.user, device))?;
-        self.cursors.retain_in(k16(device, 0)..=k16(device, u64::MAX), |_, _| false)?;
+        self.cursors
+            .retain_in(k16(device, 0)..=k16(device, u64::MAX), |_, _| false)?;
         Ok(())
     }
 
     fn user_devices(&self, user: u64) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.user_devices.range(k16(user, 0)..=k16(user, u64::MAX))? {
+        for entry in self
+            .user_devices
+            .range(k16(user, 0)..=k16(user, u64::MAX))?
+        {
             out.push(split16(entry?.0.value()).1);
         }
         Ok(out)
@@ -760,35 +928,62 @@ impl<'t> Writer<'t> {
     fn group_for_change(&self, conv: u64, actor: u64) -> Result<ConvRecord, StoreError> {
         let rec = match self.conv(conv)? {
             Some(r) if r.kind == ConvKind::Group => r,
-            _ => return reject(ErrorCode::Forbidden, format!("you are not a member of group {conv}")),
+            _ => {
+                return reject(
+                    ErrorCode::Forbidden,
+                    format!("you are not a member of group {conv}"),
+                );
+            }
         };
         match self.membership(conv, actor)? {
             Some(m) if m.active() => Ok(rec),
-            _ => reject(ErrorCode::Forbidden, format!("you are not a member of group {conv}")),
+            _ => reject(
+                ErrorCode::Forbidden,
+                format!("you are not a member of group {conv}"),
+            ),
         }
     }
 
     fn apply(&mut self, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
         match op {
-            WriteOp::Bootstrap { token_hash, expires } => {
+            WriteOp::Bootstrap {
+                token_hash,
+                expires,
+            } => {
                 if !self.users.is_empty()? || !self.invites.is_empty()? {
                     return Ok(WriteOutcome::Bootstrapped(false));
                 }
-                let rec = InviteRecord { role: Role::Admin, expires: *expires, created_by: 0 };
+                let rec = InviteRecord {
+                    role: Role::Admin,
+                    expires: *expires,
+                    created_by: 0,
+                };
                 self.invites.insert(*token_hash, enc(&rec).as_slice())?;
                 Ok(WriteOutcome::Bootstrapped(true))
             }
-            WriteOp::Register { invite_hash, username, password, device, token_hash, now } => {
+            WriteOp::Register {
+                invite_hash,
+                username,
+                password,
+                device,
+                token_hash,
+                now,
+            } => {
                 let invite: InviteRecord = match self.invites.get(invite_hash)? {
                     Some(v) => dec("invites", v.value())?,
-                    None => return reject(ErrorCode::InvalidInvite, "unknown or already used invite"),
+                    None => {
+                        return reject(ErrorCode::InvalidInvite, "unknown or already used invite");
+                    }
                 };
                 if invite.expires < *now {
                     self.invites.remove(invite_hash)?;
                     return reject(ErrorCode::InvalidInvite, "this invite has expired");
                 }
                 if self.user_id(username)?.is_some() {
-                    return reject(ErrorCode::UsernameTaken, format!("the name {username} is taken"));
+                    return reject(
+                        ErrorCode::UsernameTaken,
+                        format!("the name {username} is taken"),
+                    );
                 }
                 self.invites.remove(invite_hash)?;
                 let id = self.next_id("next_user")?;
@@ -802,25 +997,56 @@ impl<'t> Writer<'t> {
                 self.users.insert(id, enc(&rec).as_slice())?;
                 self.usernames.insert(username.as_str(), id)?;
                 let dev = self.create_device(id, device, *token_hash, *now)?;
-                Ok(WriteOutcome::Device { user: id, username: username.clone(), role: invite.role, device: dev })
+                Ok(WriteOutcome::Device {
+                    user: id,
+                    username: username.clone(),
+                    role: invite.role,
+                    device: dev,
+                })
             }
-            WriteOp::AddDevice { user, device, token_hash, now } => {
+            WriteOp::AddDevice {
+                user,
+                device,
+                token_hash,
+                now,
+            } => {
                 let rec = match self.user(*user)? {
                     Some(r) if !r.disabled => r,
-                    Some(_) => return reject(ErrorCode::AccountDisabled, "this account is disabled"),
-                    None => return reject(ErrorCode::InvalidCredentials, "wrong username or password"),
+                    Some(_) => {
+                        return reject(ErrorCode::AccountDisabled, "this account is disabled");
+                    }
+                    None => {
+                        return reject(ErrorCode::InvalidCredentials, "wrong username or password");
+                    }
                 };
                 let dev = self.create_device(*user, device, *token_hash, *now)?;
-                Ok(WriteOutcome::Device { user: *user, username: rec.name, role: rec.role, device: dev })
+                Ok(WriteOutcome::Device {
+                    user: *user,
+                    username: rec.name,
+                    role: rec.role,
+                    device: dev,
+                })
             }
             WriteOp::RemoveDevice { device } => {
                 self.remove_device(*device)?;
                 Ok(WriteOutcome::Done)
             }
-            WriteOp::Send { user, username, device, target, mid, text, ext, now } => {
-                self.send(*user, username, *device, target, *mid, text, ext, *now)
-            }
-            WriteOp::Ack { user, device, conv, seq } => {
+            WriteOp::Send {
+                user,
+                username,
+                device,
+                target,
+                mid,
+                text,
+                ext,
+                now,
+            } => self.send(*user, username, *device, target, *mid, text, ext, *now),
+            WriteOp::Ack {
+                user,
+                device,
+                conv,
+                seq,
+            } => {
                 let (rec, m) = readable(&self.convs, &self.members, *conv, *user)?;
                 let top = m.until_seq.unwrap_or(rec.last_seq);
                 let key = k16(*device, *conv);
@@ -831,17 +1057,29 @@ impl<'t> Writer<'t> {
                 }
                 Ok(WriteOutcome::Done)
             }
-            WriteOp::GroupCreate { user, username, device, name, members, now } => {
+            WriteOp::GroupCreate {
+                user,
+                username,
+                device,
+                name,
+                members,
+                now,
+            } => {
                 let mut ids = vec![*user];
                 for member in members {
                     match self.user_id(member)? {
                         Some(id) if !ids.contains(&id) => ids.push(id),
                         Some(_) => {}
-                        None => return reject(ErrorCode::NotFound, format!("no user named {member}")),
+                        None => {
+                            return reject(ErrorCode::NotFound, format!("no user named {member}"));
+                        }
                     }
                 }
                 if ids.len() > MAX_GROUP_MEMBERS {
-                    return reject(ErrorCode::BadRequest, format!("a group has at most {MAX_GROUP_MEMBERS} members"));
+                    return reject(
+                        ErrorCode::BadRequest,
+                        format!("a group has at most {MAX_GROUP_MEMBERS} members"),
+                    );
                 }
                 let conv = self.next_id("next_conv")?;
                 let mut rec = ConvRecord {
@@ -853,13 +1091,32 @@ impl<'t> Writer<'t> {
                     created: *now,
                 };
                 for id in &ids {
-                    self.set_membership(conv, *id, &Membership { from_seq: 1, until_seq: None })?;
+                    self.set_membership(
+                        conv,
+                        *id,
+                        &Membership {
+                            from_seq: 1,
+                            until_seq: None,
+                        },
+                    )?;
                 }
                 let body = Body::GroupCreated { name: name.clone() };
-                let message = self.append(conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
-                Ok(WriteOutcome::Group { conv, message, recipients: ids })
+                let message =
+                    self.append(conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
+                Ok(WriteOutcome::Group {
+                    conv,
+                    message,
+                    recipients: ids,
+                })
             }
-            WriteOp::GroupAdd { user, username, device, conv, member, now } => {
+            WriteOp::GroupAdd {
+                user,
+                username,
+                device,
+                conv,
+                member,
+                now,
+            } => {
                 let mut rec = self.group_for_change(*conv, *user)?;
                 let Some(member_id) = self.user_id(member)? else {
                     return reject(ErrorCode::NotFound, format!("no user named {member}"));
@@ -869,19 +1126,46 @@ impl<'t> Writer<'t> {
                 }
                 let mut recipients = self.active_members(*conv)?;
                 if recipients.len() >= MAX_GROUP_MEMBERS {
-                    return reject(ErrorCode::BadRequest, format!("a group has at most {MAX_GROUP_MEMBERS} members"));
+                    return reject(
+                        ErrorCode::BadRequest,
+                        format!("a group has at most {MAX_GROUP_MEMBERS} members"),
+                    );
                 }
                 let seq = rec.last_seq + 1;
-                self.set_membership(*conv, member_id, &Membership { from_seq: seq, until_seq: None })?;
-                let body = Body::MemberAdded { user: member.clone() };
-                let message = self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
+                self.set_membership(
+                    *conv,
+                    member_id,
+                    &Membership {
+                        from_seq: seq,
+                        until_seq: None,
+                    },
+                )?;
+                let body = Body::MemberAdded {
+                    user: member.clone(),
+                };
+                let message =
+                    self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
                 recipients.push(member_id);
-                Ok(WriteOutcome::Message { ack: ack_of(&message, false), message: Some(message), recipients })
+                Ok(WriteOutcome::Message {
+                    ack: ack_of(&message, false),
+                    message: Some(message),
+                    recipients,
+                })
             }
-            WriteOp::GroupRemove { user, username, device, conv, member, now } => {
+            WriteOp::GroupRemove {
+                user,
+                username,
+                device,
+                conv,
+                member,
+                now,
+            } => {
                 let mut rec = self.group_for_change(*conv, *user)?;
                 if rec.owner != *user {
-                    return reject(ErrorCode::Forbidden, "only the group's owner can remove members");
+                    return reject(
+                        ErrorCode::Forbidden,
+                        "only the group's owner can remove members",
+                    );
                 }
                 let Some(member_id) = self.user_id(member)? else {
                     return reject(ErrorCode::NotFound, format!("no user named {member}"));
@@ -890,31 +1174,70 @@ impl<'t> Writer<'t> {
                     return reject(ErrorCode::BadRequest, "use group_leave to leave a group");
                 }
                 let Some(mut m) = self.membership(*conv, member_id)?.filter(|m| m.active()) else {
-                    return reject(ErrorCode::NotFound, format!("{member} is not a member of group {conv}"));
+                    return reject(
+                        ErrorCode::NotFound,
+                        format!("{member} is not a member of group {conv}"),
+                    );
                 };
                 let recipients = self.active_members(*conv)?;
-                let body = Body::MemberRemoved { user: member.clone() };
-                let message = self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
+                let body = Body::MemberRemoved {
+                    user: member.clone(),
+                };
+                let message =
+                    self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
                 m.until_seq = Some(message.seq);
                 self.set_membership(*conv, member_id, &m)?;
-                Ok(WriteOutcome::Message { ack: ack_of(&message, false), message: Some(message), recipients })
+                Ok(WriteOutcome::Message {
+                    ack: ack_of(&message, false),
+                    message: Some(message),
+                    recipients,
+                })
             }
-            WriteOp::GroupLeave { user, username, device, conv, now } => {
+            WriteOp::GroupLeave {
+                user,
+                username,
+                device,
+                conv,
+                now,
+            } => {
                 let mut rec = self.group_for_change(*conv, *user)?;
                 let recipients = self.active_members(*conv)?;
-                let body = Body::MemberLeft { user: username.clone() };
+                let body = Body::MemberLeft {
+                    user: username.clone(),
+                };
                 if rec.owner == *user {
-                    // Ownership passes to the longest-standing remaining member.
-                    rec.owner = recipients.iter().copied().find(|id| id != user).unwrap_or(0);
+                    // Ownership passes to the remaining member with the oldest account
+                    // (lowest user id): a rule every device can predict.
+                    rec.owner = recipients
+                        .iter()
+                        .copied()
+                        .find(|id| id != user)
+                        .unwrap_or(0);
                 }
-                let message = self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
-                let mut m = self.membership(*conv, *user)?.ok_or(StoreError::Corrupt("members"))?;
+                let message =
+                    self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
+                let mut m = self
+                    .membership(*conv, *user)?
+                    .ok_or(StoreError::Corrupt("members"))?;
                 m.until_seq = Some(message.seq);
                 self.set_membership(*conv, *user, &m)?;
-                Ok(WriteOutcome::Message { ack: ack_of(&message, false), message: Some(message), recipients })
+                Ok(WriteOutcome::Message {
+                    ack: ack_of(&message, false),
+                    message: Some(message),
+                    recipients,
+                })
             }
-            WriteOp::CreateInvite { token_hash, role, expires, created_by } => {
-                let rec = InviteRecord { role: *role, expires: *expires, created_by: *created_by };
+            WriteOp::CreateInvite {
+                token_hash,
+                role,
+                expires,
+                created_by,
+            } => {
+                let rec = InviteRecord {
+                    role: *role,
+                    expires: *expires,
+                    created_by: *created_by,
+                };
                 self.invites.insert(*token_hash, enc(&rec).as_slice())?;
                 Ok(WriteOutcome::Done)
             }
@@ -925,7 +1248,10 @@ impl<'t> Writer<'t> {
                 let mut rec = self.user(id)?.ok_or(StoreError::Corrupt("users"))?;
                 rec.disabled = *disabled;
                 self.users.insert(id, enc(&rec).as_slice())?;
-                Ok(WriteOutcome::Account { user: id, devices: Vec::new() })
+                Ok(WriteOutcome::Account {
+                    user: id,
+                    devices: Vec::new(),
+                })
             }
             WriteOp::ResetPassword { username, password } => {
                 let Some(id) = self.user_id(username)? else {
@@ -957,24 +1283,43 @@ impl<'t> Writer<'t> {
         ext: &Option<ByteBuf>,
         now: u64,
     ) -> Result<WriteOutcome, StoreError> {
-        let body = Body::Text { text: text.to_string(), ext: ext.clone() };
+        let body = Body::Text {
+            text: text.to_string(),
+            ext: ext.clone(),
+        };
         // Idempotency: a retried send finds its first attempt.
-        if let Some(at) = self.message_ids.get(mid_key(user, &mid))?.map(|v| v.value()) {
+        if let Some(at) = self
+            .message_ids
+            .get(mid_key(user, &mid))?
+            .map(|v| v.value())
+        {
             let stored: Message = match self.messages.get(at)? {
                 Some(v) => dec("messages", v.value())?,
                 None => return Err(StoreError::Corrupt("message_ids")),
             };
             if stored.body != body {
-                return reject(ErrorCode::Conflict, "this message id was already used for another message");
+                return reject(
+                    ErrorCode::Conflict,
+                    "this message id was already used for another message",
+                );
             }
-            return Ok(WriteOutcome::Message { ack: ack_of(&stored, true), message: None, recipients: Vec::new() });
+            return Ok(WriteOutcome::Message {
+                ack: ack_of(&stored, true),
+                message: None,
+                recipients: Vec::new(),
+            });
         }
         let (conv, mut rec) = match target {
             Target::Conv(conv) => {
                 let rec = self.conv(*conv)?;
                 match (rec, self.membership(*conv, user)?) {
                     (Some(rec), Some(m)) if m.active() => (*conv, rec),
-                    _ => return reject(ErrorCode::Forbidden, format!("you are not a member of conversation {conv}")),
+                    _ => {
+                        return reject(
+                            ErrorCode::Forbidden,
+                            format!("you are not a member of conversation {conv}"),
+                        );
+                    }
                 }
             }
             Target::User(name) => {
@@ -984,12 +1329,24 @@ impl<'t> Writer<'t> {
                 let key = k16(user.min(peer), user.max(peer));
                 let existing = self.direct.get(key)?.map(|v| v.value());
                 match existing {
-                    Some(conv) => (conv, self.conv(conv)?.ok_or(StoreError::Corrupt("direct_index"))?),
+                    Some(conv) => (
+                        conv,
+                        self.conv(conv)?
+                            .ok_or(StoreError::Corrupt("direct_index"))?,
+                    ),
                     None => {
                         let conv = self.next_id("next_conv")?;
                         let (lo, hi) = (user.min(peer), user.max(peer));
-                        let lo_name = if lo == user { username.to_string() } else { name.clone() };
-                        let hi_name = if hi == user { username.to_string() } else { name.clone() };
+                        let lo_name = if lo == user {
+                            username.to_string()
+                        } else {
+                            name.clone()
+                        };
+                        let hi_name = if hi == user {
+                            username.to_string()
+                        } else {
+                            name.clone()
+                        };
                         let rec = ConvRecord {
                             kind: ConvKind::Direct,
                             name: String::new(),
@@ -1000,7 +1357,14 @@ impl<'t> Writer<'t> {
                         };
                         self.direct.insert(key, conv)?;
                         for id in [user, peer] {
-                            self.set_membership(conv, id, &Membership { from_seq: 1, until_seq: None })?;
+                            self.set_membership(
+                                conv,
+                                id,
+                                &Membership {
+                                    from_seq: 1,
+                                    until_seq: None,
+                                },
+                            )?;
                         }
                         (conv, rec)
                     }
@@ -1009,11 +1373,21 @@ impl<'t> Writer<'t> {
         };
         let recipients = self.active_members(conv)?;
         let message = self.append(conv, &mut rec, mid, username, device, now, body)?;
-        self.message_ids.insert(mid_key(user, &mid), k16(conv, message.seq))?;
-        Ok(WriteOutcome::Message { ack: ack_of(&message, false), message: Some(message), recipients })
+        self.message_ids
+            .insert(mid_key(user, &mid), k16(conv, message.seq))?;
+        Ok(WriteOutcome::Message {
+            ack: ack_of(&message, false),
+            message: Some(message),
+            recipients,
+        })
     }
 }
 
 fn ack_of(m: &Message, duplicate: bool) -> SendAck {
-    SendAck { conv: m.conv, seq: m.seq, ts: m.ts, duplicate }
+    SendAck {
+        conv: m.conv,
+        seq: m.seq,
+        ts: m.ts,
+        duplicate,
+    }
 }

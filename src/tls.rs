@@ -22,7 +22,10 @@ pub const KEY_FILE: &str = "server.key";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: no PEM {what} found")]
     Pem { path: String, what: &'static str },
     #[error("generating the self-signed certificate: {0}")]
@@ -50,19 +53,33 @@ pub fn fingerprint(cert: &[u8]) -> String {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.display().to_string(), source }
+    move |source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn load_pem(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|_| TlsError::Pem { path: cert.display().to_string(), what: "certificate" })?
+        .map_err(|_| TlsError::Pem {
+            path: cert.display().to_string(),
+            what: "certificate",
+        })?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| TlsError::Pem { path: cert.display().to_string(), what: "certificate" })?;
+        .map_err(|_| TlsError::Pem {
+            path: cert.display().to_string(),
+            what: "certificate",
+        })?;
     if chain.is_empty() {
-        return Err(TlsError::Pem { path: cert.display().to_string(), what: "certificate" });
+        return Err(TlsError::Pem {
+            path: cert.display().to_string(),
+            what: "certificate",
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|_| TlsError::Pem { path: key.display().to_string(), what: "private key" })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|_| TlsError::Pem {
+        path: key.display().to_string(),
+        what: "private key",
+    })?;
     Ok(Identity { chain, key })
 }
 
@@ -109,7 +126,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io(&tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
@@ -139,7 +158,11 @@ pub struct PinVerifier {
 
 impl PinVerifier {
     pub fn new(trust: Trust) -> Arc<Self> {
-        Arc::new(PinVerifier { trust, provider: provider(), seen: Mutex::new(None) })
+        Arc::new(PinVerifier {
+            trust,
+            provider: provider(),
+            seen: Mutex::new(None),
+        })
     }
 
     pub fn seen(&self) -> Option<String> {
@@ -162,8 +185,12 @@ impl ServerCertVerifier for PinVerifier {
         }
         match &self.trust {
             Trust::FirstUse => Ok(ServerCertVerified::assertion()),
-            Trust::Pinned(want) if want.eq_ignore_ascii_case(&got) => Ok(ServerCertVerified::assertion()),
-            Trust::Pinned(_) => Err(rustls::Error::General("server certificate fingerprint changed".into())),
+            Trust::Pinned(want) if want.eq_ignore_ascii_case(&got) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Trust::Pinned(_) => Err(rustls::Error::General(
+                "server certificate fingerprint changed".into(),
+            )),
         }
     }
 
@@ -173,7 +200,12 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -182,10 +214,17 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -29,12 +29,15 @@ use quince::protocol::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
 
+/// Decodes a frame body and asserts it is the value the example was made from.
+type Check = Box<dyn Fn(&[u8])>;
+
 /// One example frame: its name in the document, the bytes the code produces,
 /// and a check that decodes those bytes back to the original value.
 struct Example {
     name: &'static str,
     bytes: Vec<u8>,
-    check: Box<dyn Fn(&[u8])>,
+    check: Check,
 }
 
 fn request(name: &'static str, id: u64, req: Request) -> Example {
@@ -43,7 +46,8 @@ fn request(name: &'static str, id: u64, req: Request) -> Example {
         name,
         bytes,
         check: Box::new(move |body| {
-            let raw = decode_request(body).unwrap_or_else(|e| panic!("{name}: decode_request: {e}"));
+            let raw =
+                decode_request(body).unwrap_or_else(|e| panic!("{name}: decode_request: {e}"));
             assert_eq!(raw.id, id, "{name}: id");
             let op = raw.op.clone();
             let parsed = raw.parse().unwrap_or_else(|e| panic!("{name}: parse: {e}"));
@@ -62,10 +66,13 @@ where
         bytes,
         check: Box::new(move |body| {
             match decode_reply(body).unwrap_or_else(|e| panic!("{name}: decode_reply: {e}")) {
-                Reply::Ok { id: got, result: value } => {
+                Reply::Ok {
+                    id: got,
+                    result: value,
+                } => {
                     assert_eq!(got, id, "{name}: id");
-                    let decoded: T =
-                        decode_result(value).unwrap_or_else(|e| panic!("{name}: decode_result: {e}"));
+                    let decoded: T = decode_result(value)
+                        .unwrap_or_else(|e| panic!("{name}: decode_result: {e}"));
                     assert_eq!(decoded, result, "{name}: result");
                 }
                 Reply::Err { error, .. } => panic!("{name}: expected ok, got error {error:?}"),
@@ -97,7 +104,8 @@ fn event(name: &'static str, ev: Event) -> Example {
         name,
         bytes,
         check: Box::new(move |body| {
-            let decoded = decode_event(body).unwrap_or_else(|e| panic!("{name}: decode_event: {e}"));
+            let decoded =
+                decode_event(body).unwrap_or_else(|e| panic!("{name}: decode_event: {e}"));
             assert_eq!(decoded, ev, "{name}: event");
         }),
     }
@@ -117,7 +125,10 @@ fn hi_message() -> Message {
         from: "alice".into(),
         device: 1,
         ts: 1_700_000_000_000,
-        body: Body::Text { text: "hi".into(), ext: None },
+        body: Body::Text {
+            text: "hi".into(),
+            ext: None,
+        },
     }
 }
 
@@ -128,13 +139,32 @@ fn examples() -> Vec<Example> {
         request(
             "send",
             2,
-            Request::Send { conv: None, user: Some("bob".into()), mid: mid(), text: "hi".into(), ext: None },
+            Request::Send {
+                conv: None,
+                user: Some("bob".into()),
+                mid: mid(),
+                text: "hi".into(),
+                ext: None,
+            },
         ),
-        ok("send_ok", 2, SendAck { conv: 1, seq: 1, ts: 1_700_000_000_000, duplicate: false }),
+        ok(
+            "send_ok",
+            2,
+            SendAck {
+                conv: 1,
+                seq: 1,
+                ts: 1_700_000_000_000,
+                duplicate: false,
+            },
+        ),
         error(
             "err_not_authenticated",
             3,
-            ErrorBody { code: ErrorCode::NotAuthenticated, message: "log in first".into(), retry_after_ms: None },
+            ErrorBody {
+                code: ErrorCode::NotAuthenticated,
+                message: "log in first".into(),
+                retry_after_ms: None,
+            },
         ),
         event("event_message", Event::Message(hi_message())),
         request(
@@ -149,7 +179,12 @@ fn examples() -> Vec<Example> {
         ok(
             "login_ok",
             4,
-            Session { user: "alice".into(), role: Role::Member, device: 1, token: Some("tok".into()) },
+            Session {
+                user: "alice".into(),
+                role: Role::Member,
+                device: 1,
+                token: Some("tok".into()),
+            },
         ),
         error(
             "err_rate_limited",
@@ -160,12 +195,32 @@ fn examples() -> Vec<Example> {
                 retry_after_ms: Some(2000),
             },
         ),
-        request("history", 5, Request::History { conv: 1, after: Some(0), before: None, limit: 100 }),
-        ok("history_ok", 5, Page { messages: vec![hi_message()], more: false }),
+        request(
+            "history",
+            5,
+            Request::History {
+                conv: 1,
+                after: Some(0),
+                before: None,
+                limit: 100,
+            },
+        ),
+        ok(
+            "history_ok",
+            5,
+            Page {
+                messages: vec![hi_message()],
+                more: false,
+            },
+        ),
         error(
             "err_bad_frame",
             0,
-            ErrorBody { code: ErrorCode::BadFrame, message: "not a request".into(), retry_after_ms: None },
+            ErrorBody {
+                code: ErrorCode::BadFrame,
+                message: "not a request".into(),
+                retry_after_ms: None,
+            },
         ),
     ]
 }
@@ -180,14 +235,21 @@ fn diag_inline(v: &Value) -> String {
         Value::Bytes(b) => format!("h'{}'", hex::encode(b)),
         Value::Float(f) => {
             let s = f.to_string();
-            if s.contains('.') || s.contains("inf") || s.contains("NaN") { s } else { format!("{s}.0") }
+            if s.contains('.') || s.contains("inf") || s.contains("NaN") {
+                s
+            } else {
+                format!("{s}.0")
+            }
         }
         Value::Text(t) => text(t),
         Value::Bool(b) => b.to_string(),
         Value::Null => "null".into(),
         Value::Tag(t, inner) => format!("{t}({})", diag_inline(inner)),
         Value::Array(items) => {
-            format!("[{}]", items.iter().map(diag_inline).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                items.iter().map(diag_inline).collect::<Vec<_>>().join(", ")
+            )
         }
         Value::Map(entries) => format!(
             "{{{}}}",
@@ -241,7 +303,10 @@ fn diag(v: &Value, indent: usize, column: usize) -> String {
             format!("{{\n{}\n{close}}}", lines.join(",\n"))
         }
         Value::Array(items) => {
-            let lines: Vec<String> = items.iter().map(|i| format!("{pad}{}", diag(i, inner, inner))).collect();
+            let lines: Vec<String> = items
+                .iter()
+                .map(|i| format!("{pad}{}", diag(i, inner, inner)))
+                .collect();
             format!("[\n{}\n{close}]", lines.join(",\n"))
         }
         _ => inline,
@@ -258,7 +323,13 @@ fn diag_of_body(body: &[u8]) -> String {
 fn hex_lines(frame: &[u8]) -> String {
     let mut lines = vec![hex::encode(&frame[..4])];
     for chunk in frame[4..].chunks(16) {
-        lines.push(chunk.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "));
+        lines.push(
+            chunk
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
     }
     lines.join("\n")
 }
@@ -288,9 +359,14 @@ fn parse_doc(doc: &str) -> Result<BTreeMap<String, DocExample>, String> {
         let line_no = n + 1;
         let trimmed = line.trim();
         if let Some(rest) = trimmed.strip_prefix("<!-- frame:") {
-            let name = rest.strip_suffix("-->").ok_or(format!("line {line_no}: bad marker"))?.trim();
+            let name = rest
+                .strip_suffix("-->")
+                .ok_or(format!("line {line_no}: bad marker"))?
+                .trim();
             if let Some(prev) = pending.take() {
-                return Err(format!("line {line_no}: marker {name} follows marker {prev}, which has no hex block"));
+                return Err(format!(
+                    "line {line_no}: marker {name} follows marker {prev}, which has no hex block"
+                ));
             }
             if found.contains_key(name) {
                 return Err(format!("line {line_no}: example {name} appears twice"));
@@ -299,7 +375,9 @@ fn parse_doc(doc: &str) -> Result<BTreeMap<String, DocExample>, String> {
             pending = Some(name.to_string());
             continue;
         }
-        let Some(info) = trimmed.strip_prefix("```") else { continue };
+        let Some(info) = trimmed.strip_prefix("```") else {
+            continue;
+        };
         let info = info.trim().to_string();
         // Collect the fenced block (also when it is not one of ours, so its
         // contents are not mistaken for markers or fences).
@@ -312,19 +390,28 @@ fn parse_doc(doc: &str) -> Result<BTreeMap<String, DocExample>, String> {
         }
         match info.as_str() {
             "hex" => {
-                let name = pending
-                    .take()
-                    .ok_or(format!("line {line_no}: hex block without a <!-- frame: NAME --> marker"))?;
+                let name = pending.take().ok_or(format!(
+                    "line {line_no}: hex block without a <!-- frame: NAME --> marker"
+                ))?;
                 found.get_mut(&name).expect("marker recorded").hex = Some(block.join("\n"));
             }
             "cbor-diag" => {
-                let name =
-                    pending.as_ref().ok_or(format!("line {line_no}: cbor-diag block without a frame marker"))?;
+                let name = pending.as_ref().ok_or(format!(
+                    "line {line_no}: cbor-diag block without a frame marker"
+                ))?;
                 let entry = found.get_mut(name).expect("marker recorded");
                 if entry.diag.is_some() {
-                    return Err(format!("line {line_no}: example {name} has two cbor-diag blocks"));
+                    return Err(format!(
+                        "line {line_no}: example {name} has two cbor-diag blocks"
+                    ));
                 }
-                entry.diag = Some(block.iter().map(|l| l.trim_end()).collect::<Vec<_>>().join("\n"));
+                entry.diag = Some(
+                    block
+                        .iter()
+                        .map(|l| l.trim_end())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
             }
             _ => {}
         }
@@ -343,7 +430,9 @@ fn doc_examples() -> BTreeMap<String, DocExample> {
 fn parse_hex(name: &str, text: &str) -> Vec<u8> {
     let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     assert!(
-        digits.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+        digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
         "example {name}: hex must be lower-case hex digits and whitespace"
     );
     hex::decode(&digits).unwrap_or_else(|e| panic!("example {name}: bad hex: {e}"))
@@ -354,7 +443,10 @@ fn document_has_exactly_the_expected_examples() {
     let found = doc_examples();
     let expected: BTreeSet<String> = examples().iter().map(|e| e.name.to_string()).collect();
     let names: BTreeSet<String> = found.keys().cloned().collect();
-    assert_eq!(names, expected, "examples in docs/PROTOCOL.md differ from the expected set");
+    assert_eq!(
+        names, expected,
+        "examples in docs/PROTOCOL.md differ from the expected set"
+    );
 }
 
 #[test]
@@ -364,7 +456,10 @@ fn example_frames_match_the_encoders() {
         let Some(doc) = found.get(ex.name) else {
             panic!("docs/PROTOCOL.md lacks example {}", ex.name);
         };
-        let hex_text = doc.hex.as_deref().unwrap_or_else(|| panic!("example {} has no hex block", ex.name));
+        let hex_text = doc
+            .hex
+            .as_deref()
+            .unwrap_or_else(|| panic!("example {} has no hex block", ex.name));
         let bytes = parse_hex(ex.name, hex_text);
         assert_eq!(
             hex::encode(&bytes),
@@ -374,14 +469,20 @@ fn example_frames_match_the_encoders() {
             hex_lines(&ex.bytes)
         );
         // The length prefix frames exactly the body.
-        assert!(bytes.len() >= 4, "example {}: shorter than a length prefix", ex.name);
+        assert!(
+            bytes.len() >= 4,
+            "example {}: shorter than a length prefix",
+            ex.name
+        );
         let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
         assert_eq!(len, bytes.len() - 4, "example {}: length prefix", ex.name);
         assert!(len <= MAX_FRAME, "example {}: over MAX_FRAME", ex.name);
         let body = &bytes[4..];
         (ex.check)(body);
-        let diag_text =
-            doc.diag.as_deref().unwrap_or_else(|| panic!("example {} has no cbor-diag block", ex.name));
+        let diag_text = doc
+            .diag
+            .as_deref()
+            .unwrap_or_else(|| panic!("example {} has no cbor-diag block", ex.name));
         assert_eq!(
             diag_text,
             diag_of_body(body),
@@ -396,7 +497,10 @@ fn example_frames_match_the_encoders() {
 fn doc_parser_rejects_missing_and_unmarked_examples() {
     let doc = read_doc();
     let first = examples().into_iter().next().unwrap().name;
-    let without = doc.replace(&format!("<!-- frame: {first} -->"), "<!-- frame: renamed -->");
+    let without = doc.replace(
+        &format!("<!-- frame: {first} -->"),
+        "<!-- frame: renamed -->",
+    );
     let names: BTreeSet<String> = parse_doc(&without).unwrap().keys().cloned().collect();
     assert!(!names.contains(first));
     let unmarked = format!("{doc}\n```hex\n00000000\n```\n");
