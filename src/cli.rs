@@ -205,10 +205,8 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
             for m in &page.messages {
                 println!("{}", show(m, &p.user));
             }
-            if page.more {
-                if let Some(first) = page.messages.first() {
-                    println!("(older: --before {})", first.seq);
-                }
+            if let (true, Some(first)) = (page.more, page.messages.first()) {
+                println!("(older: --before {})", first.seq);
             }
         }
         ClientCommand::Conversations => {

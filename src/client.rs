@@ -161,13 +161,13 @@ impl Client {
         let conn = match endpoint.connect_with(config, addr, "quince")?.await {
             Ok(conn) => conn,
             Err(e) => {
-                if let (Trust::Pinned(expected), Some(got)) = (&trust, verifier.seen()) {
-                    if !expected.eq_ignore_ascii_case(&got) {
-                        return Err(ClientError::FingerprintChanged {
-                            expected: expected.clone(),
-                            got,
-                        });
-                    }
+                if let (Trust::Pinned(expected), Some(got)) = (&trust, verifier.seen())
+                    && !expected.eq_ignore_ascii_case(&got)
+                {
+                    return Err(ClientError::FingerprintChanged {
+                        expected: expected.clone(),
+                        got,
+                    });
                 }
                 return Err(e.into());
             }
@@ -450,14 +450,20 @@ impl Client {
     /// connection does; reconnect, resume and subscribe again to continue
     /// exactly where this device left off.
     pub async fn subscribe(&self) -> Result<mpsc::Receiver<Message>, ClientError> {
-        let initial = self.sync().await?;
+        // One round trip gives every conversation with this device's cursor;
+        // those with messages past the cursor are what was missed.
+        let all = self.conversations().await?.conversations;
         {
             let mut cursors = self.inner.cursors.lock().unwrap_or_else(|e| e.into_inner());
             let map = cursors.get_or_insert_with(HashMap::new);
-            for c in self.conversations().await?.conversations {
+            for c in &all {
                 map.insert(c.conv, c.cursor);
             }
         }
+        let missed = all.into_iter().filter(|c| c.last_seq > c.cursor).collect();
+        let initial = ConvList {
+            conversations: missed,
+        };
         let (tx, rx) = mpsc::channel(INBOX);
         let (raw_tx, raw_rx) = mpsc::channel(INBOX);
         // The event stream reaches us with the first event the server writes

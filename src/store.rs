@@ -842,6 +842,7 @@ impl<'t> Writer<'t> {
         Ok(out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// Appends a message to a conversation and moves the sending device's
     /// cursor past it when the device had everything before it.
     fn append(
