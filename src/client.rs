@@ -40,6 +40,8 @@ pub use crate::tls::Trust;
 
 /// Messages queued for the app before the client stops reading events.
 const INBOX: usize = 1024;
+/// Longest wait before what was handed to the app is acknowledged.
+const ACK_DELAY: Duration = Duration::from_millis(50);
 /// Page size used when catching up.
 const SYNC_PAGE: u32 = 200;
 
@@ -598,27 +600,40 @@ impl Inbox {
             }
         }
         self.flush_acks(&mut HashMap::new());
+        // Acknowledgements are coalesced: at most one per conversation every
+        // ACK_DELAY, so a busy conversation does not cost a store write per message.
         let mut unacked: HashMap<u64, u64> = HashMap::new();
-        while let Some(message) = live.recv().await {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let message = tokio::select! {
+                message = live.recv() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    self.flush_acks(&mut unacked);
+                    deadline = None;
+                    continue;
+                }
+            };
             let (conv, seq) = (message.conv, message.seq);
             let cursor = self.cursor(conv);
             if seq <= cursor {
                 continue;
             }
             if seq > cursor + 1 && self.fill(conv, seq - 1).await.is_err() {
-                return;
+                break;
             }
             if seq == self.cursor(conv) + 1 {
                 if self.out.send(message).await.is_err() {
-                    return;
+                    break;
                 }
                 self.set_cursor(conv, seq);
             }
             unacked.insert(conv, self.cursor(conv));
-            if live.is_empty() {
-                self.flush_acks(&mut unacked);
-            }
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + ACK_DELAY);
         }
+        self.flush_acks(&mut unacked);
     }
 
     fn cursor(&self, conv: u64) -> u64 {
