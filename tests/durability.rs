@@ -44,7 +44,10 @@ async fn sigkill_loses_no_acknowledged_message() {
     assert!(acked.len() >= 300);
 
     let server = TestServer::start_on(&dir_path, addr);
-    assert!(server.admin_invite.is_none(), "a restart must not make a new admin invite");
+    assert!(
+        server.admin_invite.is_none(),
+        "a restart must not make a new admin invite"
+    );
     let bob = server.connect().await;
     bob.login("bob", &password("bob"), "check").await.unwrap();
     let conv = acked[0].0;
@@ -69,7 +72,10 @@ async fn sigkill_loses_no_acknowledged_message() {
     assert_eq!(texts.len(), stored.len(), "a message was stored twice");
     // Every acknowledged message is there, at the sequence number it was acknowledged with.
     for (_, seq, text) in &acked {
-        assert_eq!(stored.get(*seq as usize - 1).map(|(_, t)| t.as_str()), Some(text.as_str()));
+        assert_eq!(
+            stored.get(*seq as usize - 1).map(|(_, t)| t.as_str()),
+            Some(text.as_str())
+        );
     }
     // Per sender, the order of sends is the order of sequence numbers.
     for s in 0..8 {
@@ -79,7 +85,10 @@ async fn sigkill_loses_no_acknowledged_message() {
             .filter(|(_, t)| t.starts_with(&prefix))
             .map(|(_, t)| t[prefix.len()..].parse().unwrap())
             .collect();
-        assert!(order.windows(2).all(|w| w[0] < w[1]), "sender {s} reordered: {order:?}");
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "sender {s} reordered: {order:?}"
+        );
     }
 }
 
@@ -93,20 +102,33 @@ async fn sigterm_shuts_down_cleanly_and_keeps_everything() {
     let _bob = server.user(&admin, "bob").await;
     let mut conv = 0;
     for i in 0..20 {
-        conv = alice.send(Target::User("bob".into()), &format!("m{i}"), None).await.unwrap().conv;
+        conv = alice
+            .send(Target::User("bob".into()), &format!("m{i}"), None)
+            .await
+            .unwrap()
+            .conv;
     }
     let addr = server.addr;
     let status = server.terminate();
     assert!(status.success(), "quince exited with {status:?}");
     // The connected client was told why.
-    match tokio::time::timeout(Duration::from_secs(5), alice.closed()).await.unwrap() {
+    match tokio::time::timeout(Duration::from_secs(5), alice.closed())
+        .await
+        .unwrap()
+    {
         quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(close.error_code, quinn::VarInt::from_u32(quince::protocol::close::SHUTDOWN))
+            assert_eq!(
+                close.error_code,
+                quinn::VarInt::from_u32(quince::protocol::close::SHUTDOWN)
+            )
         }
         other => panic!("unexpected close: {other}"),
     }
     let server = TestServer::start_on(dir.path(), addr);
-    assert_eq!(server.fingerprint, fingerprint, "the certificate must survive a restart");
+    assert_eq!(
+        server.fingerprint, fingerprint,
+        "the certificate must survive a restart"
+    );
     let bob = server.connect().await;
     bob.login("bob", &password("bob"), "check").await.unwrap();
     let page = bob.history(conv, None, None, 100).await.unwrap();
@@ -129,6 +151,9 @@ async fn admin_invite_file_is_written_and_removed_once_used() {
     assert!(!file.exists(), "the used invite's file must be gone");
     // The invite cannot be used twice.
     let c = server.connect().await;
-    let err = c.register(on_disk.trim(), "mallory", "mallory-password", "x").await.unwrap_err();
+    let err = c
+        .register(on_disk.trim(), "mallory", "mallory-password", "x")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(quince::protocol::ErrorCode::InvalidInvite));
 }
