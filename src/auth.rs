@@ -113,42 +113,42 @@ impl Default for Throttle {
 }
 
 impl Throttle {
-    /// `Err(wait)` while the key must wait before trying again.
-    pub fn check(&self, key: &ThrottleKey) -> Result<(), Duration> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(f) = entries.get(key) else {
-            return Ok(());
-        };
-        let free = key.free_attempts();
-        if f.count < free || f.last.elapsed() > WINDOW {
-            return Ok(());
-        }
-        let backoff = Duration::from_secs(1u64 << (f.count - free).min(9)).min(MAX_BACKOFF);
-        let waited = f.last.elapsed();
-        if waited >= backoff {
-            Ok(())
-        } else {
-            Err(backoff - waited)
-        }
-    }
-
-    pub fn fail(&self, key: ThrottleKey) {
+    /// Counts an attempt for every key, or refuses with how long to wait if any
+    /// key is over its limit. The attempt counts as a failure until
+    /// [`Throttle::succeed`] clears it; checking and counting under one lock
+    /// means concurrent guesses cannot slip past the limit together.
+    pub fn attempt(&self, keys: &[ThrottleKey]) -> Result<(), Duration> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            let Some(f) = entries.get(key) else { continue };
+            let free = key.free_attempts();
+            if f.count < free || f.last.elapsed() > WINDOW {
+                continue;
+            }
+            let backoff = Duration::from_secs(1u64 << (f.count - free).min(9)).min(MAX_BACKOFF);
+            let waited = f.last.elapsed();
+            if waited < backoff {
+                return Err(backoff - waited);
+            }
+        }
         if entries.len() >= MAX_ENTRIES {
             entries.retain(|_, f| f.last.elapsed() < WINDOW);
             if entries.len() >= MAX_ENTRIES {
                 entries.clear();
             }
         }
-        let f = entries.entry(key).or_insert(Failures {
-            count: 0,
-            last: Instant::now(),
-        });
-        if f.last.elapsed() > WINDOW {
-            f.count = 0;
+        for key in keys {
+            let f = entries.entry(key.clone()).or_insert(Failures {
+                count: 0,
+                last: Instant::now(),
+            });
+            if f.last.elapsed() > WINDOW {
+                f.count = 0;
+            }
+            f.count += 1;
+            f.last = Instant::now();
         }
-        f.count += 1;
-        f.last = Instant::now();
+        Ok(())
     }
 
     pub fn succeed(&self, key: &ThrottleKey) {
@@ -179,12 +179,11 @@ mod tests {
         let t = Throttle::default();
         let k = ThrottleKey::User("bob".into());
         for _ in 0..5 {
-            assert!(t.check(&k).is_ok());
-            t.fail(k.clone());
+            assert!(t.attempt(std::slice::from_ref(&k)).is_ok());
         }
-        assert!(t.check(&k).is_err());
+        assert!(t.attempt(std::slice::from_ref(&k)).is_err());
         t.succeed(&k);
-        assert!(t.check(&k).is_ok());
+        assert!(t.attempt(std::slice::from_ref(&k)).is_ok());
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub enum ClientCommand {
         /// Expected server certificate fingerprint (else shown and pinned on first use).
         #[arg(long)]
         fingerprint: Option<String>,
-        /// Name of this device [default: this machine's host name].
+        /// Name of this device [default: cli@HOSTNAME].
         #[arg(long)]
         device: Option<String>,
     },
@@ -477,8 +477,22 @@ async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
     let (client, p) = resume(profile_name).await?;
     let mut conv = find_conv(&client, to, group).await?;
     if let Some(c) = conv {
-        for m in client.history(c, None, None, 10).await?.messages {
-            println!("{}", show(&m, &p.user));
+        // Context: the last few messages already seen on this device; the
+        // subscription below brings what it has not seen yet.
+        let list = client.conversations().await?.conversations;
+        let cursor = list
+            .iter()
+            .find(|s| s.conv == c)
+            .map(|s| s.cursor)
+            .unwrap_or(0);
+        if cursor > 0 {
+            for m in client
+                .history(c, None, Some(cursor + 1), 10)
+                .await?
+                .messages
+            {
+                println!("{}", show(&m, &p.user));
+            }
         }
     }
     let mut inbox = client.subscribe().await?;

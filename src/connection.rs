@@ -305,7 +305,9 @@ impl Connection {
                     token_hash,
                     now: now_ms(),
                 };
-                (store.write(op).await?, Some(token))
+                let outcome = store.write(op).await?;
+                forget_admin_invite(&self.state.config.data_dir, &invite);
+                (outcome, Some(token))
             }
             Request::Login {
                 username,
@@ -315,15 +317,13 @@ impl Connection {
                 check_device_name(&device)?;
                 let user_key = ThrottleKey::User(username.clone());
                 let addr_key = ThrottleKey::Addr(self.remote.ip());
-                for key in [&user_key, &addr_key] {
-                    if let Err(wait) = self.state.throttle.check(key) {
-                        tracing::info!(remote = %self.remote, user = username, "login throttled");
-                        return Err(Refusal(
-                            ErrorCode::RateLimited,
-                            "too many failed logins; wait and try again".into(),
-                            Some(wait.as_millis() as u64),
-                        ));
-                    }
+                if let Err(wait) = self.state.throttle.attempt(&[user_key.clone(), addr_key]) {
+                    tracing::info!(remote = %self.remote, user = username, "login throttled");
+                    return Err(Refusal(
+                        ErrorCode::RateLimited,
+                        "too many failed logins; wait and try again".into(),
+                        Some(wait.as_millis() as u64),
+                    ));
                 }
                 let found = store.user_by_name(&username)?;
                 // Verify against a fixed hash when the user does not exist, so
@@ -332,18 +332,18 @@ impl Connection {
                     .as_ref()
                     .map(|(_, u)| u.password.clone())
                     .unwrap_or_default();
+                let permit = HASHING.acquire().await;
                 let good = tokio::task::spawn_blocking(move || {
                     let phc = if phc.is_empty() { dummy_hash() } else { phc };
                     auth::verify_password(&password, &phc)
                 })
                 .await
                 .unwrap_or(false);
+                drop(permit);
                 let (user_id, record) = match found {
                     Some(found) if good => found,
                     _ => {
                         tracing::info!(remote = %self.remote, user = username, "failed login");
-                        self.state.throttle.fail(user_key);
-                        self.state.throttle.fail(addr_key);
                         return refuse(ErrorCode::InvalidCredentials, "wrong username or password");
                     }
                 };
@@ -443,6 +443,14 @@ impl Connection {
     }
 }
 
+/// Removes the first-start invite's file once that invite has been used.
+fn forget_admin_invite(data_dir: &std::path::Path, used: &str) {
+    let file = data_dir.join(crate::server::ADMIN_INVITE_FILE);
+    if std::fs::read_to_string(&file).is_ok_and(|t| t.trim() == used) {
+        let _ = std::fs::remove_file(&file);
+    }
+}
+
 fn check_device_name(name: &str) -> Result<(), Refusal> {
     let len = name.chars().count();
     if (1..=64).contains(&len) && !name.chars().any(char::is_control) {
@@ -476,7 +484,18 @@ fn dummy_hash() -> String {
         .clone()
 }
 
+/// Argon2 runs use 19 MiB each: at most one per core at a time, so a burst of
+/// logins cannot run a small board out of memory.
+static HASHING: std::sync::LazyLock<Semaphore> = std::sync::LazyLock::new(|| {
+    Semaphore::new(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    )
+});
+
 async fn hash(password: String) -> Result<String, Refusal> {
+    let _permit = HASHING.acquire().await;
     match tokio::task::spawn_blocking(move || auth::hash_password(&password)).await {
         Ok(Ok(phc)) => Ok(phc),
         _ => refuse(ErrorCode::Internal, "could not hash the password"),

@@ -1,0 +1,97 @@
+# quince: build, run and test.
+#
+#   make deps    check the Rust toolchain, install missing Debian packages
+#   make build   release binary at target/release/quince
+#   make run     build and run a server on 127.0.0.1:4433 with data in ./quince-data
+#   make test    format check, clippy, then every unit and integration test
+#   make clean   remove build output (keeps ./quince-data)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+# rustup installs into ~/.cargo/bin, which non-login shells (CI, sudo) often lack.
+PATH := $(HOME)/.cargo/bin:$(PATH)
+export PATH
+
+CARGO ?= cargo
+
+# Oldest rustc that builds the locked dependencies: sysinfo 0.40 declares
+# rust-version 1.95 (the crate itself needs 1.85 for edition 2024).
+RUST_MIN := 1.95
+
+# `make run` settings: make run LISTEN=0.0.0.0:4433 DATA_DIR=/srv/quince ARGS='--log-level debug'
+LISTEN ?= 127.0.0.1:4433
+DATA_DIR ?= ./quince-data
+ARGS ?=
+
+# Steps of `make test`, run in this order; the first failure stops it.
+# Later: QEMU image tests join this list (for example `test-image`).
+TEST_STEPS := fmt-check clippy cargo-test
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+
+.DEFAULT_GOAL := build
+# The steps must run one after another even under `make -j`.
+.NOTPARALLEL:
+.PHONY: deps build run test $(TEST_STEPS) clean
+
+deps:
+	@if ! $(CARGO) --version >/dev/null 2>&1; then \
+	  echo "error: cargo not found (searched PATH and $(HOME)/.cargo/bin)." >&2; \
+	  echo "quince needs Rust $(RUST_MIN) or newer; Debian bookworm's rustc (1.63) is too old." >&2; \
+	  echo "Install rustup's stable toolchain (https://rustup.rs), then run make again." >&2; \
+	  exit 1; \
+	fi
+	@v=$$(rustc --version | awk '{print $$2}'); \
+	have=$$(echo "$$v" | awk -F. '{print $$1 * 1000 + $$2}'); \
+	need=$$(echo "$(RUST_MIN)" | awk -F. '{print $$1 * 1000 + $$2}'); \
+	if [ "$$have" -lt "$$need" ]; then \
+	  echo "error: rustc $$v ($$(command -v rustc)) is too old; quince needs $(RUST_MIN) or newer." >&2; \
+	  echo "Update with: rustup update stable" >&2; \
+	  exit 1; \
+	fi
+	@missing=""; \
+	if ! printf 'int main(void) { return 0; }\n' | cc -x c -o /dev/null - >/dev/null 2>&1; then \
+	  missing="$$missing gcc libc6-dev"; \
+	fi; \
+	if [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then \
+	  missing="$$missing ca-certificates"; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq; \
+	  $(APT_INSTALL)$$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --release --locked
+
+run: deps
+	$(CARGO) run --release --locked --bin quince -- serve --listen $(LISTEN) --data-dir $(DATA_DIR) $(ARGS)
+
+test: deps $(TEST_STEPS)
+	@echo "make test: all steps passed ($(TEST_STEPS))"
+
+fmt-check:
+	@echo "==> cargo fmt --all -- --check"
+	@if $(CARGO) fmt --version >/dev/null 2>&1; then \
+	  $(CARGO) fmt --all -- --check; \
+	else \
+	  echo "warning: rustfmt is not installed; format check SKIPPED (rustup component add rustfmt)" >&2; \
+	fi
+
+clippy:
+	@echo "==> cargo clippy --all-targets --locked -- -D warnings"
+	@if $(CARGO) clippy --version >/dev/null 2>&1; then \
+	  $(CARGO) clippy --all-targets --locked -- -D warnings; \
+	else \
+	  echo "warning: clippy is not installed; lints SKIPPED (rustup component add clippy)" >&2; \
+	fi
+
+cargo-test:
+	@echo "==> cargo test --locked"
+	$(CARGO) test --locked
+
+clean:
+	$(CARGO) clean
