@@ -117,9 +117,10 @@ impl Throttle {
     /// key is over its limit. The attempt counts as a failure until
     /// [`Throttle::succeed`] clears it; checking and counting under one lock
     /// means concurrent guesses cannot slip past the limit together.
-    pub fn attempt(&self, keys: &[ThrottleKey]) -> Result<(), Duration> {
+    /// `watched` keys are checked but not counted (see [`Throttle::fail`]).
+    pub fn attempt(&self, keys: &[ThrottleKey], watched: &[ThrottleKey]) -> Result<(), Duration> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        for key in keys {
+        for key in keys.iter().chain(watched) {
             let Some(f) = entries.get(key) else { continue };
             let free = key.free_attempts();
             if f.count < free || f.last.elapsed() > WINDOW {
@@ -151,6 +152,23 @@ impl Throttle {
         Ok(())
     }
 
+    /// Counts a failure against a watched key.
+    pub fn fail(&self, key: ThrottleKey) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() < MAX_ENTRIES {
+            let f = entries.entry(key).or_insert(Failures {
+                count: 0,
+                last: Instant::now(),
+            });
+            if f.last.elapsed() > WINDOW {
+                f.count = 0;
+            }
+            f.count += 1;
+            f.last = Instant::now();
+        }
+    }
+
+    /// Clears a key's failures after a good login.
     pub fn succeed(&self, key: &ThrottleKey) {
         self.entries
             .lock()
@@ -179,11 +197,11 @@ mod tests {
         let t = Throttle::default();
         let k = ThrottleKey::User("bob".into());
         for _ in 0..5 {
-            assert!(t.attempt(std::slice::from_ref(&k)).is_ok());
+            assert!(t.attempt(std::slice::from_ref(&k), &[]).is_ok());
         }
-        assert!(t.attempt(std::slice::from_ref(&k)).is_err());
+        assert!(t.attempt(std::slice::from_ref(&k), &[]).is_err());
         t.succeed(&k);
-        assert!(t.attempt(std::slice::from_ref(&k)).is_ok());
+        assert!(t.attempt(std::slice::from_ref(&k), &[]).is_ok());
     }
 
     #[test]

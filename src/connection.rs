@@ -317,7 +317,15 @@ impl Connection {
                 check_device_name(&device)?;
                 let user_key = ThrottleKey::User(username.clone());
                 let addr_key = ThrottleKey::Addr(self.remote.ip());
-                if let Err(wait) = self.state.throttle.attempt(&[user_key.clone(), addr_key]) {
+                // The account's attempt counts at once, so concurrent guesses at one
+                // account cannot pass its limit together; the address counts
+                // failures only, so a household's good logins never lock it out.
+                let counted = [user_key.clone()];
+                if let Err(wait) = self
+                    .state
+                    .throttle
+                    .attempt(&counted, std::slice::from_ref(&addr_key))
+                {
                     tracing::info!(remote = %self.remote, user = username, "login throttled");
                     return Err(Refusal(
                         ErrorCode::RateLimited,
@@ -344,6 +352,7 @@ impl Connection {
                     Some(found) if good => found,
                     _ => {
                         tracing::info!(remote = %self.remote, user = username, "failed login");
+                        self.state.throttle.fail(addr_key);
                         return refuse(ErrorCode::InvalidCredentials, "wrong username or password");
                     }
                 };
