@@ -132,40 +132,18 @@ impl Throttle {
                 return Err(backoff - waited);
             }
         }
-        if entries.len() >= MAX_ENTRIES {
-            entries.retain(|_, f| f.last.elapsed() < WINDOW);
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
-            }
-        }
         for key in keys {
-            let f = entries.entry(key.clone()).or_insert(Failures {
-                count: 0,
-                last: Instant::now(),
-            });
-            if f.last.elapsed() > WINDOW {
-                f.count = 0;
-            }
-            f.count += 1;
-            f.last = Instant::now();
+            record(&mut entries, key.clone());
         }
         Ok(())
     }
 
     /// Counts a failure against a watched key.
     pub fn fail(&self, key: ThrottleKey) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() < MAX_ENTRIES {
-            let f = entries.entry(key).or_insert(Failures {
-                count: 0,
-                last: Instant::now(),
-            });
-            if f.last.elapsed() > WINDOW {
-                f.count = 0;
-            }
-            f.count += 1;
-            f.last = Instant::now();
-        }
+        record(
+            &mut self.entries.lock().unwrap_or_else(|e| e.into_inner()),
+            key,
+        );
     }
 
     /// Clears a key's failures after a good login.
@@ -175,6 +153,25 @@ impl Throttle {
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
     }
+}
+
+/// Counts one failure for `key`, first making room if the table is full.
+fn record(entries: &mut HashMap<ThrottleKey, Failures>, key: ThrottleKey) {
+    if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
+        entries.retain(|_, f| f.last.elapsed() < WINDOW);
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+    }
+    let f = entries.entry(key).or_insert(Failures {
+        count: 0,
+        last: Instant::now(),
+    });
+    if f.last.elapsed() > WINDOW {
+        f.count = 0;
+    }
+    f.count += 1;
+    f.last = Instant::now();
 }
 
 #[cfg(test)]
