@@ -1,5 +1,7 @@
 //! The `quince` command: the daemon (`quince serve`) and a command-line client.
 
+#[cfg(feature = "bench")]
+mod bench;
 mod cli;
 mod profile;
 
@@ -28,6 +30,9 @@ struct Args {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Measure quince (and Mosquitto, for comparison) under load; see docs/BENCHMARKS.md.
+    #[cfg(feature = "bench")]
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -61,6 +66,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Command::Serve(serve_args) => serve(serve_args),
+        #[cfg(feature = "bench")]
+        Command::Bench(bench_args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(bench::run(bench_args)),
         Command::Client(command) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
