@@ -493,6 +493,14 @@ impl Client {
         let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
     }
 
+    /// Closes the connection without waiting: for many clients sharing one
+    /// endpoint, where waiting for the endpoint to go idle would wait for all.
+    pub fn close_now(&self) {
+        self.inner
+            .conn
+            .close(protocol::close::NORMAL.into(), b"bye");
+    }
+
     /// Waits until the server closes the connection, and returns why.
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.inner.conn.closed().await

@@ -66,6 +66,11 @@ impl Schedule {
         self.total
     }
 
+    /// How many messages have been handed out so far.
+    pub fn next_index(&self) -> u64 {
+        self.next
+    }
+
     /// When message `i` is due.
     pub fn due(&self, i: u64) -> Instant {
         self.start + Duration::from_secs_f64(i as f64 / self.rate)
@@ -106,10 +111,6 @@ impl Recorder {
 
     pub fn snapshot(&self) -> Histogram<u64> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn len(&self) -> u64 {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 

@@ -1,34 +1,797 @@
 //! The scenarios against quince.
+//!
+//! Each scenario gets a fresh data directory, seeded directly through the
+//! store (accounts with known device tokens, missed messages) so that setup
+//! costs neither argon2 hashing per account nor minutes of sending. The server
+//! is then started as a child process, and the simulated users connect with
+//! `resume`, as real devices do after a restart.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use quince::auth;
+use quince::client::{self, Client};
+use quince::protocol::{Body, MID_LEN, Message, Role, Target};
+use quince::store::{Store, WriteOp, WriteOutcome};
+use quince::tls::Trust;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 
 use super::BenchArgs;
-use super::results::ScenarioResult;
+use super::load::{self, Recorder, Schedule};
+use super::results::{Figure, Latency, RatePoint, ScenarioResult};
+
+/// Client endpoints (UDP sockets) the simulated users share.
+const ENDPOINTS: usize = 8;
+/// Connection attempts in flight at once while setting up a scenario.
+const CONNECT_CONCURRENCY: usize = 256;
+/// Tries per client in the reconnect storm before it counts as failed for good.
+const RESUME_TRIES: u32 = 8;
+/// Password of every seeded account (hashed once; logins are not measured).
+const PASSWORD: &str = "bench-password-not-secret";
 
 pub struct Bench {
     work_dir: PathBuf,
+    size: usize,
+    step: Duration,
+    p99_ms: f64,
+    pairs: usize,
+    members: usize,
+    quick: bool,
+    idle: usize,
+    reconnect: usize,
+    catch_up: usize,
 }
 
 impl Bench {
-    pub fn new(_args: &BenchArgs, work_dir: &Path) -> Bench {
+    pub fn new(args: &BenchArgs, work_dir: &Path) -> Bench {
         Bench {
             work_dir: work_dir.to_path_buf(),
+            size: args.size.max(16),
+            step: args.step_duration(),
+            p99_ms: args.p99_ms,
+            pairs: args.pairs.max(1),
+            members: args.members.max(2),
+            quick: args.quick,
+            idle: args.idle.unwrap_or(20_000),
+            reconnect: args.reconnect.unwrap_or(5_000),
+            catch_up: args
+                .catch_up
+                .unwrap_or(if args.quick { 100_000 } else { 200_000 }),
         }
     }
 
+    fn params(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
+        let mut p = vec![("message size".to_string(), format!("{} B", self.size))];
+        p.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        p
+    }
+
+    /// Scenario 1: pairs of users chatting 1:1; every message is acknowledged
+    /// only after its commit, and counted when the recipient receives it.
     pub async fn one_to_one(&self) -> anyhow::Result<ScenarioResult> {
-        todo!()
+        let pairs = self.pairs;
+        let seeded = seed(&self.work_dir.join("one-to-one"), 2 * pairs, 0).await?;
+        let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
+        let clients = connect_all(server.addr, &seeded.tokens, "connecting 1:1 users").await?;
+        let (senders, recipients) = clients.split_at(pairs);
+        let targets: Vec<Target> = seeded.names[pairs..]
+            .iter()
+            .map(|n| Target::User(n.clone()))
+            .collect();
+        let sink = Deliveries::listen(recipients, self.size).await?;
+        // Warm up: every pair's conversation exists before measuring.
+        let warm = sink.begin();
+        for (sender, target) in senders.iter().zip(&targets) {
+            sender.send(target.clone(), "hello", None).await?;
+        }
+        warm.wait(pairs as u64, Duration::from_secs(10)).await;
+
+        let rates = if self.quick {
+            load::step_rates(3125.0, 100_000.0, 2.0)
+        } else {
+            load::step_rates(1562.5, 200_000.0, 2.0)
+        };
+        let mut steps = vec![];
+        for rate in rates {
+            let point = self
+                .run_rate("quince 1:1", rate, senders, &targets, &sink, 1)
+                .await;
+            let held = point.held(1, self.p99_ms);
+            steps.push(point);
+            if !held && !sustained(steps.last(), 1) {
+                break;
+            }
+        }
+        let rss = server.rss();
+        server.stop().await?;
+        let best = best_sustained(&steps, 1);
+        let mut figures = vec![
+            Figure::new("messages/s delivered end to end (sustained)", best, "/s")
+                .at_least(50_000.0),
+            Figure::new(
+                "highest rate with p99 under the limit",
+                best_held(&steps, 1, self.p99_ms),
+                "/s",
+            ),
+        ];
+        if let Some(p) = steps.iter().find(|p| p.offered_per_s == 25_000.0) {
+            figures.push(Figure::new("p99 at 25,000 msg/s", p.latency.p99_ms, "ms").at_most(25.0));
+        }
+        figures.push(Figure::new("server peak RSS", rss.peak_mib(), "MiB"));
+        Ok(ScenarioResult {
+            id: "one-to-one".into(),
+            title: "1:1 chat, durable".into(),
+            system: "quince".into(),
+            params: self.params(&[
+                ("pairs", pairs.to_string()),
+                ("step", format!("{:.0} s", self.step.as_secs_f64())),
+            ]),
+            figures,
+            steps,
+            notes: vec![
+                "A send is acknowledged only after its commit (fsync); latency runs from the \
+                 message's scheduled time to its arrival at the recipient."
+                    .into(),
+            ],
+        })
     }
+
+    /// Scenario 2: one sender, a group of `members` (the sender included); each
+    /// message is delivered to every other member.
     pub async fn fan_out(&self) -> anyhow::Result<ScenarioResult> {
-        todo!()
+        let members = self.members;
+        let seeded = seed(&self.work_dir.join("fan-out"), members, 0).await?;
+        let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
+        let clients = connect_all(server.addr, &seeded.tokens, "connecting group members").await?;
+        let (sender, recipients) = clients.split_at(1);
+        let others: Vec<&str> = seeded.names[1..].iter().map(String::as_str).collect();
+        let conv = sender[0]
+            .group_create("bench", &others)
+            .await
+            .context("creating the group")?;
+        let target = Target::Conv(conv);
+        let per_message = recipients.len() as u64;
+        let sink = Deliveries::listen(recipients, self.size).await?;
+        // Everyone has seen the group's creation before measuring.
+        let warm = sink.begin();
+        sender[0].send(target.clone(), "hello", None).await?;
+        warm.wait(per_message, Duration::from_secs(20)).await;
+
+        let rates = if self.quick {
+            load::step_rates(250.0, 2000.0, 2.0)
+        } else {
+            load::step_rates(125.0, 4000.0, 2.0)
+        };
+        let mut steps = vec![];
+        for rate in rates {
+            let targets = [target.clone()];
+            let point = self
+                .run_rate("quince fan-out", rate, sender, &targets, &sink, per_message)
+                .await;
+            let held = point.held(per_message, self.p99_ms);
+            steps.push(point);
+            if !held && !sustained(steps.last(), per_message) {
+                break;
+            }
+        }
+        let rss = server.rss();
+        server.stop().await?;
+        let best = best_sustained(&steps, per_message);
+        Ok(ScenarioResult {
+            id: "fan-out".into(),
+            title: format!("group fan-out, {members} members"),
+            system: "quince".into(),
+            params: self.params(&[
+                ("members", members.to_string()),
+                ("deliveries per message", per_message.to_string()),
+            ]),
+            figures: vec![
+                Figure::new("deliveries/s (sustained)", best, "/s").at_least(500_000.0),
+                Figure::new(
+                    "highest deliveries/s with p99 under the limit",
+                    best_held(&steps, per_message, self.p99_ms),
+                    "/s",
+                ),
+                Figure::new("server peak RSS", rss.peak_mib(), "MiB"),
+            ],
+            steps,
+            notes: vec![format!(
+                "Rates are messages/s offered by the one sender; each reaches {per_message} devices."
+            )],
+        })
     }
+
+    /// Offers `rate` messages/s for one step; message `i` goes from sender
+    /// `i % senders` to its target.
+    async fn run_rate(
+        &self,
+        what: &str,
+        rate: f64,
+        senders: &[Client],
+        targets: &[Target],
+        sink: &Deliveries,
+        per_message: u64,
+    ) -> RatePoint {
+        let run = sink.begin();
+        let mut schedule = Schedule::new(rate, self.step);
+        let total = schedule.total();
+        let bar = load::progress(total, &format!("{what} at {rate:.0}/s"));
+        let errors = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let mut sends = JoinSet::new();
+        while let Some(batch) = schedule.next_batch().await {
+            for i in batch {
+                let k = (i as usize) % senders.len();
+                let client = senders[k].clone();
+                let target = targets[k % targets.len()].clone();
+                let text = load::payload(load::stamp(schedule.due(i)), self.size);
+                let errors = errors.clone();
+                sends.spawn(async move {
+                    if client.send(target, &text, None).await.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            bar.set_position(schedule.next_index());
+            // Reap finished sends so the set stays small.
+            while sends.try_join_next().is_some() {}
+        }
+        bar.finish_and_clear();
+        let drain = self.step.mul_f64(2.0).max(Duration::from_secs(5));
+        let _ =
+            tokio::time::timeout(drain, async { while sends.join_next().await.is_some() {} }).await;
+        sends.abort_all();
+        let errors = errors.load(Ordering::Relaxed);
+        let expected = (total - errors.min(total)) * per_message;
+        run.wait(expected, drain).await;
+        let delivered = run.delivered();
+        let elapsed = run
+            .last_delivery()
+            .map(|t| t.duration_since(start))
+            .unwrap_or(self.step)
+            .max(Duration::from_millis(1));
+        let point = RatePoint {
+            offered_per_s: rate,
+            delivered_per_s: delivered as f64 / elapsed.as_secs_f64(),
+            sent: total,
+            delivered,
+            errors,
+            latency: Latency::of(&run.recorder.snapshot()),
+        };
+        eprintln!(
+            "{what}: offered {rate:.0}/s, delivered {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, errors {errors}",
+            point.delivered_per_s, point.latency.p50_ms, point.latency.p99_ms
+        );
+        point
+    }
+
+    /// Scenario 3: many authenticated clients, connected and idle.
     pub async fn idle(&self) -> anyhow::Result<ScenarioResult> {
-        todo!()
+        let n = self.idle;
+        let seeded = seed(&self.work_dir.join("idle"), n, 0).await?;
+        let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let empty = server.rss();
+        let clients = connect_all(server.addr, &seeded.tokens, "connecting idle clients").await?;
+        // Let handshakes' transient buffers go and keep-alives settle.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let loaded = server.rss();
+        let per_conn_kib = (loaded.rss_kib.saturating_sub(empty.rss_kib)) as f64 / n as f64;
+        for c in &clients {
+            c.close_now();
+        }
+        server.stop().await?;
+        Ok(ScenarioResult {
+            id: "idle".into(),
+            title: "idle connections".into(),
+            system: "quince".into(),
+            params: vec![("connections".into(), n.to_string())],
+            figures: vec![
+                Figure::new("server RSS, no clients", empty.rss_mib(), "MiB").at_most(12.0),
+                Figure::new(
+                    &format!("server RSS, {n} idle connections"),
+                    loaded.rss_mib(),
+                    "MiB",
+                )
+                .at_most(400.0 * n as f64 / 20_000.0),
+                Figure::new("RSS per connection", per_conn_kib, "KiB").at_most(20.0),
+            ],
+            steps: vec![],
+            notes: vec![
+                "Each client has logged in (resumed with its device token) and holds its \
+                 control and event streams open."
+                    .into(),
+            ],
+        })
     }
+
+    /// Scenario 4: every client resumes at once on a freshly started server.
     pub async fn reconnect(&self) -> anyhow::Result<ScenarioResult> {
-        todo!()
+        let n = self.reconnect;
+        let seeded = seed(&self.work_dir.join("reconnect"), n, 0).await?;
+        let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
+        let endpoints = endpoints()?;
+        let addr = server.addr;
+        let bar = load::progress(n as u64, "reconnect storm");
+        let retries = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let mut storm = JoinSet::new();
+        for (i, token) in seeded.tokens.iter().enumerate() {
+            let endpoint = endpoints[i % endpoints.len()].clone();
+            let token = token.clone();
+            let retries = retries.clone();
+            let bar = bar.clone();
+            storm.spawn(async move {
+                for attempt in 0..RESUME_TRIES {
+                    if attempt > 0 {
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        // Back off with jitter, as a well-behaved app does.
+                        let ms = 100u64 << attempt.min(5);
+                        let jitter = rand::random_range(0..ms);
+                        tokio::time::sleep(Duration::from_millis(ms + jitter)).await;
+                    }
+                    if let Ok(c) = resume(&endpoint, addr, &token).await {
+                        bar.inc(1);
+                        return Some((c, start.elapsed()));
+                    }
+                }
+                None
+            });
+        }
+        let mut clients = vec![];
+        let mut failed = 0u64;
+        let mut last = Duration::ZERO;
+        while let Some(done) = storm.join_next().await {
+            match done {
+                Ok(Some((c, at))) => {
+                    last = last.max(at);
+                    clients.push(c);
+                }
+                _ => failed += 1,
+            }
+        }
+        bar.finish_and_clear();
+        let rate = clients.len() as f64 / last.as_secs_f64().max(0.001);
+        for c in &clients {
+            c.close_now();
+        }
+        server.stop().await?;
+        let retries = retries.load(Ordering::Relaxed);
+        eprintln!(
+            "reconnect: {n} clients in {last:.2?}, {rate:.0}/s, {retries} retries, {failed} failed"
+        );
+        Ok(ScenarioResult {
+            id: "reconnect".into(),
+            title: "reconnect storm".into(),
+            system: "quince".into(),
+            params: vec![("clients".into(), n.to_string())],
+            figures: vec![
+                Figure::new("resumes/s", rate, "/s").at_least(5_000.0),
+                Figure::new("clients failed for good", failed as f64, "").at_most(0.0),
+                Figure::new("retries", retries as f64, ""),
+                Figure::new("time until all resumed", last.as_secs_f64(), "s"),
+            ],
+            steps: vec![],
+            notes: vec![
+                "Each resume is a new QUIC connection (TLS 1.3 handshake) plus a token check \
+                 against the store, all clients starting together."
+                    .into(),
+            ],
+        })
     }
+
+    /// Scenario 5: one device comes back to `catch_up` missed messages.
     pub async fn catch_up(&self) -> anyhow::Result<ScenarioResult> {
-        todo!()
+        let m = self.catch_up;
+        let seeded = seed(&self.work_dir.join("catch-up"), 2, m).await?;
+        let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
+        let endpoint = client::endpoint("127.0.0.1:0".parse()?)?;
+        let bar = load::progress(m as u64, "offline catch-up");
+        let start = Instant::now();
+        let device = resume(&endpoint, server.addr, &seeded.tokens[1]).await?;
+        let mut inbox = device.subscribe().await?;
+        let mut got = 0u64;
+        let mut in_order = true;
+        let mut last_seq = 0;
+        while got < m as u64 {
+            let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(30), inbox.recv()).await
+            else {
+                break;
+            };
+            in_order &= msg.seq > last_seq;
+            last_seq = msg.seq;
+            got += 1;
+            if got % 1024 == 0 {
+                bar.set_position(got);
+            }
+        }
+        let elapsed = start.elapsed();
+        bar.finish_and_clear();
+        device.close().await;
+        let rss = server.rss();
+        server.stop().await?;
+        if got < m as u64 {
+            bail!("catch-up: only {got} of {m} messages arrived");
+        }
+        if !in_order {
+            bail!("catch-up: messages arrived out of order");
+        }
+        let rate = got as f64 / elapsed.as_secs_f64();
+        eprintln!("catch-up: {got} messages in {elapsed:.2?}, {rate:.0}/s");
+        Ok(ScenarioResult {
+            id: "catch-up".into(),
+            title: "offline catch-up".into(),
+            system: "quince".into(),
+            params: self.params(&[("missed messages", m.to_string())]),
+            figures: vec![
+                Figure::new("messages/s to one device", rate, "/s").at_least(200_000.0),
+                Figure::new("time to catch up", elapsed.as_secs_f64(), "s"),
+                Figure::new("server peak RSS", rss.peak_mib(), "MiB"),
+            ],
+            steps: vec![],
+            notes: vec![
+                "From connecting (QUIC handshake and resume) to the last message handed to the \
+                 app by the client library's exactly-once inbox, which pages history and \
+                 acknowledges as it goes."
+                    .into(),
+            ],
+        })
+    }
+}
+
+/// Whether a step kept up (everything delivered, no errors), whatever its latency.
+fn sustained(p: Option<&RatePoint>, per_message: u64) -> bool {
+    p.is_some_and(|p| p.held(per_message, f64::INFINITY))
+}
+
+/// The highest delivery rate among steps that kept up.
+fn best_sustained(steps: &[RatePoint], per_message: u64) -> f64 {
+    steps
+        .iter()
+        .filter(|p| sustained(Some(p), per_message))
+        .map(|p| p.delivered_per_s)
+        .fold(0.0, f64::max)
+}
+
+/// The highest delivery rate among steps that kept up within the p99 limit.
+fn best_held(steps: &[RatePoint], per_message: u64, p99_ms: f64) -> f64 {
+    steps
+        .iter()
+        .filter(|p| p.held(per_message, p99_ms))
+        .map(|p| p.delivered_per_s)
+        .fold(0.0, f64::max)
+}
+
+/// A seeded data directory: accounts with their names and device tokens.
+struct Seeded {
+    data_dir: PathBuf,
+    names: Vec<String>,
+    tokens: Vec<String>,
+}
+
+/// Creates a fresh data directory with `users` accounts (one device each) and
+/// `messages` messages from the first account to the second, written through
+/// the store exactly as the server would write them.
+async fn seed(data_dir: &Path, users: usize, messages: usize) -> anyhow::Result<Seeded> {
+    if data_dir.exists() {
+        std::fs::remove_dir_all(data_dir)
+            .with_context(|| format!("removing old {}", data_dir.display()))?;
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let phc = tokio::task::spawn_blocking(|| auth::hash_password(PASSWORD))
+        .await?
+        .map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
+    let (store, writer) = Store::open(&data_dir.join("quince.redb"), 64 << 20)?;
+    let bar = load::progress((users + messages) as u64, "seeding the store");
+    let mut names = Vec::with_capacity(users);
+    let mut tokens = Vec::with_capacity(users);
+    let mut pending = Vec::with_capacity(users);
+    for i in 0..users {
+        let name = format!("user{i:05}");
+        let mut invite = [0u8; 32];
+        rand::fill(&mut invite);
+        let (token, token_hash) = auth::new_token();
+        // Invites and registrations are queued back to back; the writer commits
+        // them in order, many to a transaction.
+        store
+            .submit(WriteOp::CreateInvite {
+                token_hash: invite,
+                role: Role::Member,
+                expires: u64::MAX,
+                created_by: 0,
+            })
+            .await?;
+        pending.push(
+            store
+                .submit(WriteOp::Register {
+                    invite_hash: invite,
+                    username: name.clone(),
+                    password: phc.clone(),
+                    device: "bench".into(),
+                    token_hash,
+                    now: 0,
+                })
+                .await?,
+        );
+        names.push(name);
+        tokens.push(token);
+    }
+    let mut ids = Vec::with_capacity(users);
+    for rx in pending {
+        match rx.await? {
+            Ok(WriteOutcome::Device { user, device, .. }) => ids.push((user, device)),
+            Ok(other) => bail!("seeding: unexpected outcome {other:?}"),
+            Err(e) => bail!("seeding: {e}"),
+        }
+        bar.inc(1);
+    }
+    if messages > 0 {
+        let (user, device) = ids[0];
+        let mut pending = Vec::with_capacity(1024);
+        for i in 0..messages {
+            let mut mid = [0u8; MID_LEN];
+            rand::fill(&mut mid);
+            pending.push(
+                store
+                    .submit(WriteOp::Send {
+                        user,
+                        username: names[0].clone(),
+                        device,
+                        target: Target::User(names[1].clone()),
+                        mid,
+                        text: load::payload(i as u64, 100),
+                        ext: None,
+                        now: 0,
+                    })
+                    .await?,
+            );
+            if pending.len() == 4096 {
+                for rx in pending.drain(..) {
+                    rx.await??;
+                }
+                bar.inc(4096);
+            }
+        }
+        for rx in pending {
+            rx.await??;
+        }
+    }
+    bar.finish_and_clear();
+    drop(store);
+    tokio::task::spawn_blocking(move || writer.join()).await?;
+    Ok(Seeded {
+        data_dir: data_dir.to_path_buf(),
+        names,
+        tokens,
+    })
+}
+
+/// The quince server under test, a child process of this one.
+struct Server {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+/// Resident memory of the server.
+struct Rss {
+    rss_kib: u64,
+    peak_kib: u64,
+}
+
+impl Rss {
+    fn rss_mib(&self) -> f64 {
+        self.rss_kib as f64 / 1024.0
+    }
+    fn peak_mib(&self) -> f64 {
+        self.peak_kib as f64 / 1024.0
+    }
+}
+
+impl Server {
+    /// Runs `quince serve` from this executable on a free loopback port.
+    async fn start(work_dir: &Path, data_dir: &Path) -> anyhow::Result<Server> {
+        let config = work_dir.join("bench-server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nlog_level = \"warn\"\nmax_connections = 100000\n",
+                data_dir.display().to_string()
+            ),
+        )?;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting quince serve")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.split(" listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    return Ok(addr.parse::<SocketAddr>()?);
+                }
+            }
+            bail!("the server exited before listening")
+        })
+        .await
+        .context("waiting for the server to listen")??;
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server { child, addr })
+    }
+
+    fn rss(&self) -> Rss {
+        let status = self
+            .child
+            .id()
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Rss {
+            rss_kib: field("VmRSS:"),
+            peak_kib: field("VmHWM:"),
+        }
+    }
+
+    /// Stops the server the way init would (SIGTERM) and waits for it.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                if !status.success() {
+                    eprintln!("warning: the server exited with {status}");
+                }
+            }
+            Err(_) => {
+                eprintln!("warning: the server did not stop within 20 s; killing it");
+                self.child.kill().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn endpoints() -> anyhow::Result<Vec<quinn::Endpoint>> {
+    (0..ENDPOINTS)
+        .map(|_| Ok(client::endpoint("127.0.0.1:0".parse()?)?))
+        .collect()
+}
+
+/// Connects and resumes one device.
+async fn resume(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    token: &str,
+) -> anyhow::Result<Client> {
+    let client = Client::connect_on(endpoint, addr, Trust::FirstUse).await?;
+    client.resume(token).await?;
+    Ok(client)
+}
+
+/// Connects every token's device, a bounded number at a time, over shared endpoints.
+async fn connect_all(
+    addr: SocketAddr,
+    tokens: &[String],
+    what: &str,
+) -> anyhow::Result<Vec<Client>> {
+    let endpoints = endpoints()?;
+    let bar = load::progress(tokens.len() as u64, what);
+    let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut set = JoinSet::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let endpoint = endpoints[i % ENDPOINTS].clone();
+        let token = token.clone();
+        let limit = limit.clone();
+        let bar = bar.clone();
+        set.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            let mut last = None;
+            for attempt in 0..3u64 {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                match resume(&endpoint, addr, &token).await {
+                    Ok(c) => {
+                        bar.inc(1);
+                        return Ok((i, c));
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+        });
+    }
+    let mut clients: Vec<Option<Client>> = vec![None; tokens.len()];
+    while let Some(done) = set.join_next().await {
+        let (i, c) = done??;
+        clients[i] = Some(c);
+    }
+    bar.finish_and_clear();
+    Ok(clients.into_iter().flatten().collect())
+}
+
+/// Counts and times deliveries to a set of subscribed recipients.
+struct Deliveries {
+    current: Arc<Mutex<Arc<Run>>>,
+}
+
+/// Deliveries during one measured run.
+#[derive(Default)]
+struct Run {
+    recorder: Recorder,
+    delivered: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Run {
+    fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    fn last_delivery(&self) -> Option<Instant> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `expected` deliveries arrived or `timeout` passed.
+    async fn wait(&self, expected: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.delivered() < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Deliveries {
+    /// Subscribes every recipient; a task per recipient records each message's
+    /// latency (from the stamp in its text) into the current run.
+    async fn listen(recipients: &[Client], size: usize) -> anyhow::Result<Deliveries> {
+        let current = Arc::new(Mutex::new(Arc::new(Run::default())));
+        for client in recipients {
+            let mut inbox: mpsc::Receiver<Message> = client.subscribe().await?;
+            let current = current.clone();
+            tokio::spawn(async move {
+                while let Some(msg) = inbox.recv().await {
+                    let run = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Body::Text { text, .. } = &msg.body
+                        && text.len() >= size.min(16)
+                        && let Some(stamp) = load::parse_stamp(text.as_bytes())
+                    {
+                        run.recorder.record(load::since(stamp));
+                    }
+                    run.delivered.fetch_add(1, Ordering::Relaxed);
+                    *run.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                }
+            });
+        }
+        Ok(Deliveries { current })
+    }
+
+    /// Starts a new run: deliveries from now on count towards it.
+    fn begin(&self) -> Arc<Run> {
+        let run = Arc::new(Run::default());
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = run.clone();
+        run
     }
 }
