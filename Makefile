@@ -4,6 +4,7 @@
 #   make build   release binary at target/release/quince
 #   make run     build and run a server on 127.0.0.1:4433 with data in ./quince-data
 #   make test    format check, clippy, then every unit and integration test
+#   make bench   load scenarios against quince and Mosquitto; writes docs/BENCHMARKS.md
 #   make clean   remove build output (keeps ./quince-data)
 
 SHELL := /bin/bash
@@ -34,7 +35,7 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --n
 .DEFAULT_GOAL := build
 # The steps must run one after another even under `make -j`.
 .NOTPARALLEL:
-.PHONY: deps build run test $(TEST_STEPS) clean
+.PHONY: deps build run test $(TEST_STEPS) bench bench-deps clean
 
 deps:
 	@if ! $(CARGO) --version >/dev/null 2>&1; then \
@@ -92,6 +93,20 @@ clippy:
 cargo-test:
 	@echo "==> cargo test --locked"
 	$(CARGO) test --locked
+
+# `make bench BENCH_ARGS='--only one-to-one,fan-out'` runs a subset; the full
+# (longer) version is `target/release/quince bench --report docs/BENCHMARKS.md`.
+BENCH_ARGS ?=
+
+bench-deps:
+	@if [ ! -x /usr/sbin/mosquitto ]; then \
+	  echo "installing mosquitto (the reference peer)"; \
+	  $(SUDO) apt-get update -qq; \
+	  $(APT_INSTALL) mosquitto; \
+	fi
+
+bench: deps bench-deps build
+	target/release/quince bench --quick --report docs/BENCHMARKS.md $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

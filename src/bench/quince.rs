@@ -407,7 +407,7 @@ impl Bench {
             in_order &= msg.seq > last_seq;
             last_seq = msg.seq;
             got += 1;
-            if got % 1024 == 0 {
+            if got.is_multiple_of(1024) {
                 bar.set_position(got);
             }
         }
