@@ -35,6 +35,7 @@ use crate::protocol::{
     self, ALPN, ConvList, Created, Done, ErrorBody, ErrorCode, Event, Invite, MID_LEN, Members,
     Message, Page, Reply, Request, Role, SendAck, Session, Status, Target, Users,
 };
+use crate::stream::{self, FrameReader};
 use crate::tls::PinVerifier;
 pub use crate::tls::Trust;
 
@@ -90,12 +91,16 @@ impl ClientError {
     }
 }
 
+/// Requests queued for the control stream before callers wait for room.
+const CONTROL_QUEUE: usize = 256;
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
 
 /// Shared between the client handle and its background tasks.
 struct Inner {
     conn: quinn::Connection,
-    control: tokio::sync::Mutex<quinn::SendStream>,
+    /// Frames for the control stream; a task writes them in order, batched.
+    control: mpsc::Sender<Vec<u8>>,
     pending: Pending,
     next_id: AtomicU64,
     /// This connection's device id once logged in.
@@ -180,9 +185,16 @@ impl Client {
         let (send, recv) = conn.open_bi().await?;
         let pending: Pending = Arc::default();
         tokio::spawn(read_replies(recv, pending.clone()));
+        let (control, mut frames) = mpsc::channel::<Vec<u8>>(CONTROL_QUEUE);
+        tokio::spawn(async move {
+            let mut send = send;
+            if stream::write_frames(&mut send, &mut frames).await {
+                let _ = send.finish();
+            }
+        });
         let inner = Arc::new(Inner {
             conn,
-            control: tokio::sync::Mutex::new(send),
+            control,
             pending,
             next_id: AtomicU64::new(1),
             device: AtomicU64::new(0),
@@ -207,9 +219,9 @@ impl Client {
 
     /// Sends raw bytes on the control stream (for tests of the server's handling of bad input).
     pub async fn send_raw(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        let mut control = self.inner.control.lock().await;
-        control
-            .write_all(bytes)
+        self.inner
+            .control
+            .send(bytes.to_vec())
             .await
             .map_err(|_| ClientError::Closed)
     }
@@ -542,24 +554,22 @@ async fn call<T: DeserializeOwned>(inner: &Inner, request: Request) -> Result<T,
         .unwrap_or_else(|e| e.into_inner())
         .insert(id, tx);
     let frame = protocol::encode_request(id, &request);
-    {
-        let mut control = inner.control.lock().await;
-        if control.write_all(&frame).await.is_err() {
-            inner
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            return Err(closed_error(&inner.conn));
-        }
+    if inner.control.send(frame).await.is_err() {
+        inner
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        return Err(closed_error(&inner.conn));
     }
     let reply = rx.await.map_err(|_| closed_error(&inner.conn))?;
     protocol::decode_result(into_result(reply)?).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 /// Routes replies on the control stream to their waiting callers.
-async fn read_replies(mut recv: quinn::RecvStream, pending: Pending) {
-    while let Ok(Some(body)) = protocol::read_frame(&mut recv).await {
+async fn read_replies(recv: quinn::RecvStream, pending: Pending) {
+    let mut recv = FrameReader::new(recv);
+    while let Ok(Some(body)) = recv.next().await {
         match protocol::decode_reply(&body) {
             Ok(reply) => {
                 let id = match &reply {
@@ -580,8 +590,9 @@ async fn read_replies(mut recv: quinn::RecvStream, pending: Pending) {
     pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
-async fn read_events(mut recv: quinn::RecvStream, out: mpsc::Sender<Message>) {
-    while let Ok(Some(body)) = protocol::read_frame(&mut recv).await {
+async fn read_events(recv: quinn::RecvStream, out: mpsc::Sender<Message>) {
+    let mut recv = FrameReader::new(recv);
+    while let Ok(Some(body)) = recv.next().await {
         match protocol::decode_event(&body) {
             Ok(Event::Message(m)) => {
                 if out.send(m).await.is_err() {

@@ -23,6 +23,7 @@ use crate::protocol::{
 };
 use crate::server::State;
 use crate::store::{MAX_GROUP_MEMBERS, StoreError, WriteOp, WriteOutcome};
+use crate::stream::{self, FrameReader};
 
 /// Requests of one connection handled at the same time.
 pub const MAX_INFLIGHT: usize = 64;
@@ -104,7 +105,7 @@ pub async fn handle(state: Arc<State>, incoming: quinn::Incoming) {
         }
     };
     let (replies, reply_rx) = mpsc::channel(MAX_INFLIGHT);
-    let writer = tokio::spawn(write_frames(send, reply_rx));
+    let writer = tokio::spawn(write_replies(send, reply_rx));
     let mut session = Connection {
         state: state.clone(),
         conn: conn.clone(),
@@ -131,28 +132,22 @@ pub async fn handle(state: Arc<State>, incoming: quinn::Incoming) {
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Writes queued frames to a stream until every sender is gone, then finishes it.
-async fn write_frames(mut send: quinn::SendStream, mut frames: mpsc::Receiver<Vec<u8>>) {
-    while let Some(frame) = frames.recv().await {
-        if send.write_all(&frame).await.is_err() {
-            return;
-        }
+/// Writes queued replies until every sender is gone, then finishes the stream.
+async fn write_replies(mut send: quinn::SendStream, mut frames: mpsc::Receiver<Vec<u8>>) {
+    if stream::write_frames(&mut send, &mut frames).await {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     }
-    let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
 }
 
 /// Forwards a device's events from the hub to its event stream.
 async fn forward_events(conn: quinn::Connection, mut events: mpsc::Receiver<Bytes>) {
-    let Ok(mut stream) = conn.open_uni().await else {
+    let Ok(mut send) = conn.open_uni().await else {
         return;
     };
-    while let Some(frame) = events.recv().await {
-        if stream.write_all(&frame).await.is_err() {
-            return;
-        }
+    if stream::write_frames(&mut send, &mut events).await {
+        let _ = send.finish();
     }
-    let _ = stream.finish();
 }
 
 struct Connection {
@@ -166,12 +161,13 @@ struct Connection {
 
 impl Connection {
     /// Reads and dispatches requests. Returns true if it stopped for shutdown.
-    async fn serve(&mut self, mut recv: quinn::RecvStream) -> bool {
+    async fn serve(&mut self, recv: quinn::RecvStream) -> bool {
+        let mut recv = FrameReader::new(recv);
         let mut shutdown = self.state.shutdown.clone();
         loop {
             let frame = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => return true,
-                frame = protocol::read_frame(&mut recv) => frame,
+                frame = recv.next() => frame,
             };
             match frame {
                 Ok(Some(body)) => self.on_frame(body).await,
@@ -190,7 +186,7 @@ impl Connection {
         }
     }
 
-    async fn on_frame(&mut self, body: Vec<u8>) {
+    async fn on_frame(&mut self, body: Bytes) {
         let raw = match protocol::decode_request(&body) {
             Ok(raw) => raw,
             Err(e) => {

@@ -4,6 +4,7 @@
 //! - [`store`]: the redb database with group commit.
 //! - [`server`] and [`connection`]: the daemon.
 //! - [`hub`]: online devices and event fan-out.
+//! - [`stream`]: reading and writing frames on QUIC streams, batched.
 //! - [`client`]: the async client library apps embed.
 pub mod auth;
 pub mod client;
@@ -14,4 +15,5 @@ pub mod protocol;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod stream;
 pub mod tls;

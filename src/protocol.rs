@@ -502,33 +502,6 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
     frame(&to_value(event))
 }
 
-/// Reads one length-prefixed frame body. `Ok(None)` at a clean end of stream.
-pub async fn read_frame<R>(recv: &mut R) -> Result<Option<Vec<u8>>, FrameError>
-where
-    R: tokio::io::AsyncRead + Unpin,
-{
-    use tokio::io::AsyncReadExt;
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e)
-        }
-    })?;
-    Ok(Some(body))
-}
-
 fn decode_map(body: &[u8]) -> Result<Vec<(Value, Value)>, FrameError> {
     match ciborium::from_reader::<Value, _>(body) {
         Ok(Value::Map(entries)) => Ok(entries),

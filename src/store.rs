@@ -30,6 +30,7 @@
 //! | `message_ids` | sender user id ‖ client message id (24 bytes) | conversation id ‖ sequence number |
 //! | `cursors` | device id ‖ conversation id | acknowledged sequence number (u64) |
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -300,7 +301,8 @@ pub enum WriteOutcome {
     Message {
         ack: SendAck,
         message: Option<Message>,
-        recipients: Vec<u64>,
+        /// Shared with the writer's member cache: a group send copies no list.
+        recipients: Arc<[u64]>,
     },
     /// A new group.
     Group {
@@ -697,6 +699,7 @@ fn readable(
 
 fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut cache = MembersCache::default();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -705,13 +708,15 @@ fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        match commit_batch(&db, &batch) {
+        match commit_batch(&db, &batch, &mut cache) {
             Ok(results) => {
                 for (job, result) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(result);
                 }
             }
             Err(e) => {
+                // The cache may hold lists the failed transaction changed.
+                cache.0.clear();
                 tracing::error!(error = %e, requests = batch.len(), "write transaction failed; nothing in it was stored");
                 for job in batch.drain(..) {
                     let _ = job.reply.send(Err(StoreError::Rejected(
@@ -729,12 +734,13 @@ fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Job>) {
 fn commit_batch(
     db: &Database,
     batch: &[Job],
+    cache: &mut MembersCache,
 ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
     {
-        let mut w = Writer::open(&txn)?;
+        let mut w = Writer::open(&txn, cache)?;
         for job in batch {
             match w.apply(&job.op) {
                 Err(StoreError::Rejected(code, msg)) => {
@@ -749,8 +755,22 @@ fn commit_batch(
     Ok(results)
 }
 
+/// Active members of groups, kept by the writer thread between transactions.
+///
+/// Every send to a group needs its member list to know whom to push to;
+/// reading it back from the members table costs one row per member, which for
+/// a 500-member group was most of the work of a send. Only the writer changes
+/// memberships, so it can keep the lists and drop one whenever a membership of
+/// that conversation is written (or the whole cache when a transaction fails).
+#[derive(Default)]
+struct MembersCache(HashMap<u64, Arc<[u64]>>);
+
+/// Conversations whose member lists are kept at most; beyond, the cache restarts.
+const MEMBERS_CACHE_MAX: usize = 4096;
+
 /// Every table, open in one write transaction.
-struct Writer<'t> {
+struct Writer<'t, 'c> {
+    cache: &'c mut MembersCache,
     meta: Table<'t, &'static str, &'static [u8]>,
     users: Table<'t, u64, &'static [u8]>,
     usernames: Table<'t, &'static str, u64>,
@@ -767,9 +787,10 @@ struct Writer<'t> {
     cursors: Table<'t, [u8; 16], u64>,
 }
 
-impl<'t> Writer<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+impl<'t, 'c> Writer<'t, 'c> {
+    fn open(txn: &'t WriteTransaction, cache: &'c mut MembersCache) -> Result<Self, StoreError> {
         Ok(Writer {
+            cache,
             meta: txn.open_table(META)?,
             users: txn.open_table(USERS)?,
             usernames: txn.open_table(USERNAMES)?,
@@ -824,13 +845,17 @@ impl<'t> Writer<'t> {
     }
 
     fn set_membership(&mut self, conv: u64, user: u64, m: &Membership) -> Result<(), StoreError> {
+        self.cache.0.remove(&conv);
         self.members.insert(k16(conv, user), enc(m).as_slice())?;
         self.user_convs.insert(k16(user, conv), ())?;
         Ok(())
     }
 
     /// Current members of a conversation.
-    fn active_members(&self, conv: u64) -> Result<Vec<u64>, StoreError> {
+    fn active_members(&mut self, conv: u64) -> Result<Arc<[u64]>, StoreError> {
+        if let Some(ids) = self.cache.0.get(&conv) {
+            return Ok(ids.clone());
+        }
         let mut out = Vec::new();
         for entry in self.members.range(k16(conv, 0)..=k16(conv, u64::MAX))? {
             let (k, v) = entry?;
@@ -839,7 +864,12 @@ impl<'t> Writer<'t> {
                 out.push(split16(k.value()).1);
             }
         }
-        Ok(out)
+        let ids: Arc<[u64]> = out.into();
+        if self.cache.0.len() >= MEMBERS_CACHE_MAX {
+            self.cache.0.clear();
+        }
+        self.cache.0.insert(conv, ids.clone());
+        Ok(ids)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1125,7 +1155,7 @@ impl<'t> Writer<'t> {
                 if matches!(self.membership(*conv, member_id)?, Some(m) if m.active()) {
                     return Ok(WriteOutcome::Done);
                 }
-                let mut recipients = self.active_members(*conv)?;
+                let mut recipients = self.active_members(*conv)?.to_vec();
                 if recipients.len() >= MAX_GROUP_MEMBERS {
                     return reject(
                         ErrorCode::BadRequest,
@@ -1150,7 +1180,7 @@ impl<'t> Writer<'t> {
                 Ok(WriteOutcome::Message {
                     ack: ack_of(&message, false),
                     message: Some(message),
-                    recipients,
+                    recipients: recipients.into(),
                 })
             }
             WriteOp::GroupRemove {
@@ -1307,7 +1337,7 @@ impl<'t> Writer<'t> {
             return Ok(WriteOutcome::Message {
                 ack: ack_of(&stored, true),
                 message: None,
-                recipients: Vec::new(),
+                recipients: Arc::new([]),
             });
         }
         let (conv, mut rec) = match target {
