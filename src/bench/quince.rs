@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use quince::auth;
 use quince::client::{self, Client};
-use quince::protocol::{Body, MID_LEN, Message, Role, Target};
+use quince::protocol::{Body, Message, Role, Target};
 use quince::store::{Store, WriteOp, WriteOutcome};
 use quince::tls::Trust;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -535,8 +535,7 @@ async fn seed(data_dir: &Path, users: usize, messages: usize) -> anyhow::Result<
         let (user, device) = ids[0];
         let mut pending = Vec::with_capacity(1024);
         for i in 0..messages {
-            let mut mid = [0u8; MID_LEN];
-            rand::fill(&mut mid);
+            let mid = client::new_mid();
             pending.push(
                 store
                     .submit(WriteOp::Send {
