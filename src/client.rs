@@ -121,7 +121,7 @@ pub struct Client {
 
 /// Makes a client endpoint (one UDP socket) that many [`Client`]s can share.
 pub fn endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
-    Ok(quinn::Endpoint::client(bind)?)
+    Ok(crate::udp::endpoint(bind, None)?)
 }
 
 fn client_config(verifier: Arc<PinVerifier>) -> Result<quinn::ClientConfig, ClientError> {

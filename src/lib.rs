@@ -17,3 +17,4 @@ pub mod status;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod udp;

@@ -22,6 +22,7 @@ use crate::hub::Hub;
 use crate::protocol::{ALPN, close};
 use crate::store::{Store, StoreError, WriteOp, WriteOutcome, WriterThread};
 use crate::tls::{self, TlsError};
+use crate::udp;
 
 /// File in the data directory holding the first-start admin invite until it is used.
 pub const ADMIN_INVITE_FILE: &str = "admin-invite.txt";
@@ -96,7 +97,7 @@ impl Server {
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(Arc::new(transport()));
-        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+        let endpoint = udp::endpoint(config.listen, Some(server_config)).map_err(|source| {
             ServerError::Bind {
                 addr: config.listen,
                 source,
