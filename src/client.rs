@@ -44,7 +44,7 @@ const INBOX: usize = 1024;
 /// Longest wait before what was handed to the app is acknowledged.
 const ACK_DELAY: Duration = Duration::from_millis(50);
 /// Page size used when catching up.
-const SYNC_PAGE: u32 = 200;
+const SYNC_PAGE: u32 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -686,26 +686,25 @@ impl Inbox {
     }
 
     /// Fetches and hands over everything in `conv` from the cursor up to `upto`.
+    ///
+    /// Pages are pipelined: the request for the next page goes out as soon as
+    /// a page arrives, so the server prepares it while this one is handed
+    /// over, and a long catch-up is not one round trip per page.
     async fn fill(&self, conv: u64, upto: u64) -> Result<(), ClientError> {
         let own = self.inner.device.load(Ordering::Relaxed);
-        loop {
-            let cursor = self.cursor(conv);
-            if cursor >= upto {
-                break;
-            }
-            let page: Page = call(
-                &self.inner,
-                Request::History {
-                    conv,
-                    after: Some(cursor),
-                    before: None,
-                    limit: SYNC_PAGE,
-                },
-            )
-            .await?;
+        let cursor = self.cursor(conv);
+        if cursor >= upto {
+            return Ok(());
+        }
+        let mut next = Some(self.fetch_page(conv, cursor));
+        while let Some(fetching) = next.take() {
+            let page = fetching.await.map_err(|_| ClientError::Closed)??;
             let Some(last) = page.messages.last().map(|m| m.seq) else {
                 break;
             };
+            if page.more && last < upto {
+                next = Some(self.fetch_page(conv, last));
+            }
             for message in page.messages {
                 let seq = message.seq;
                 if message.device != own && self.out.send(message).await.is_err() {
@@ -717,11 +716,29 @@ impl Inbox {
             tokio::spawn(
                 async move { call::<Done>(&inner, Request::Ack { conv, seq: last }).await },
             );
-            if !page.more {
-                break;
-            }
         }
         Ok(())
+    }
+
+    /// Requests the page of `conv` after `after`, in the background.
+    fn fetch_page(
+        &self,
+        conv: u64,
+        after: u64,
+    ) -> tokio::task::JoinHandle<Result<Page, ClientError>> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            call(
+                &inner,
+                Request::History {
+                    conv,
+                    after: Some(after),
+                    before: None,
+                    limit: SYNC_PAGE,
+                },
+            )
+            .await
+        })
     }
 
     fn flush_acks(&self, unacked: &mut HashMap<u64, u64>) {

@@ -237,7 +237,9 @@ impl Connection {
                     .await;
             }
             (None, Request::Register { .. } | Request::Login { .. } | Request::Resume { .. }) => {
-                let reply = self.authenticate(id, request).await;
+                // Boxed: logging in needs far more state than serving requests,
+                // and an idle connection should not carry that space for its life.
+                let reply = Box::pin(self.authenticate(id, request)).await;
                 return self.send_reply(id, reply).await;
             }
             (None, _) => {

@@ -472,6 +472,20 @@ fn frame(value: &Value) -> Vec<u8> {
     out
 }
 
+/// Serializes straight into a length-prefixed frame. The server encodes
+/// every reply and event this way: building a [`Value`] first would double the
+/// work. A struct serializes as a definite-length map with its fields in
+/// order, exactly as the equivalent `Value::Map` would (tests/protocol_doc.rs
+/// checks the bytes).
+fn frame_direct<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&[0u8; 4]);
+    ciborium::into_writer(value, &mut out).expect("protocol types always serialize");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
 /// Encodes a request frame: `{"id": id, "op": ..., fields...}`.
 pub fn encode_request(id: u64, request: &Request) -> Vec<u8> {
     let mut entries = vec![(Value::from("id"), Value::from(id))];
@@ -483,23 +497,27 @@ pub fn encode_request(id: u64, request: &Request) -> Vec<u8> {
 
 /// Encodes a success response: `{"id": id, "ok": result}`.
 pub fn encode_ok<T: Serialize>(id: u64, result: &T) -> Vec<u8> {
-    frame(&Value::Map(vec![
-        (Value::from("id"), Value::from(id)),
-        (Value::from("ok"), to_value(result)),
-    ]))
+    #[derive(Serialize)]
+    struct Ok<'a, T> {
+        id: u64,
+        ok: &'a T,
+    }
+    frame_direct(&Ok { id, ok: result })
 }
 
 /// Encodes an error response: `{"id": id, "err": {"code": ..., "message": ...}}`.
 pub fn encode_err(id: u64, error: &ErrorBody) -> Vec<u8> {
-    frame(&Value::Map(vec![
-        (Value::from("id"), Value::from(id)),
-        (Value::from("err"), to_value(error)),
-    ]))
+    #[derive(Serialize)]
+    struct Err<'a> {
+        id: u64,
+        err: &'a ErrorBody,
+    }
+    frame_direct(&Err { id, err: error })
 }
 
 /// Encodes an event frame: `{"ev": ..., fields...}`.
 pub fn encode_event(event: &Event) -> Vec<u8> {
-    frame(&to_value(event))
+    frame_direct(event)
 }
 
 fn decode_map(body: &[u8]) -> Result<Vec<(Value, Value)>, FrameError> {

@@ -279,8 +279,9 @@ impl Bench {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let empty = server.rss();
         let clients = connect_all(server.addr, &seeded.tokens, "connecting idle clients").await?;
-        // Let handshakes' transient buffers go and keep-alives settle.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Idle means idle for a while: the handshakes' transient memory has
+        // been freed and handed back (the server trims its heap every 10 s).
+        tokio::time::sleep(Duration::from_secs(12)).await;
         let loaded = server.rss();
         let per_conn_kib = (loaded.rss_kib.saturating_sub(empty.rss_kib)) as f64 / n as f64;
         for c in &clients {
@@ -320,12 +321,14 @@ impl Bench {
         let addr = server.addr;
         let bar = load::progress(n as u64, "reconnect storm");
         let retries = Arc::new(AtomicU64::new(0));
+        let causes = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
         let start = Instant::now();
         let mut storm = JoinSet::new();
         for (i, token) in seeded.tokens.iter().enumerate() {
             let endpoint = endpoints[i % endpoints.len()].clone();
             let token = token.clone();
             let retries = retries.clone();
+            let causes = causes.clone();
             let bar = bar.clone();
             storm.spawn(async move {
                 for attempt in 0..RESUME_TRIES {
@@ -336,9 +339,15 @@ impl Bench {
                         let jitter = rand::random_range(0..ms);
                         tokio::time::sleep(Duration::from_millis(ms + jitter)).await;
                     }
-                    if let Ok(c) = resume(&endpoint, addr, &token).await {
-                        bar.inc(1);
-                        return Some((c, start.elapsed()));
+                    match resume(&endpoint, addr, &token).await {
+                        Ok(c) => {
+                            bar.inc(1);
+                            return Some((c, start.elapsed()));
+                        }
+                        Err(e) => {
+                            let mut causes = causes.lock().unwrap_or_else(|e| e.into_inner());
+                            *causes.entry(format!("{e:#}")).or_insert(0u64) += 1;
+                        }
                     }
                 }
                 None
@@ -363,6 +372,17 @@ impl Bench {
         }
         server.stop().await?;
         let retries = retries.load(Ordering::Relaxed);
+        let causes = causes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut notes = vec![
+            "Each resume is a new QUIC connection (TLS 1.3 handshake) plus a token check \
+             against the store, all clients starting together."
+                .to_string(),
+        ];
+        notes.extend(
+            causes
+                .iter()
+                .map(|(cause, n)| format!("{n} attempts failed with: {cause}")),
+        );
         eprintln!(
             "reconnect: {n} clients in {last:.2?}, {rate:.0}/s, {retries} retries, {failed} failed"
         );
@@ -378,11 +398,7 @@ impl Bench {
                 Figure::new("time until all resumed", last.as_secs_f64(), "s"),
             ],
             steps: vec![],
-            notes: vec![
-                "Each resume is a new QUIC connection (TLS 1.3 handshake) plus a token check \
-                 against the store, all clients starting together."
-                    .into(),
-            ],
+            notes,
         })
     }
 
@@ -603,7 +619,15 @@ impl Server {
                 data_dir.display().to_string()
             ),
         )?;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        let mut command = match std::env::var_os("QUINCE_BENCH_WRAP") {
+            Some(wrapper) => {
+                let mut c = tokio::process::Command::new(wrapper);
+                c.arg(std::env::current_exe()?);
+                c
+            }
+            None => tokio::process::Command::new(std::env::current_exe()?),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config)
