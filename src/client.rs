@@ -575,7 +575,13 @@ async fn call<T: DeserializeOwned>(inner: &Inner, request: Request) -> Result<T,
             .remove(&id);
         return Err(closed_error(&inner.conn));
     }
-    let reply = rx.await.map_err(|_| closed_error(&inner.conn))?;
+    // If the connection died before the reply-reader saw this request, no one
+    // would ever answer or drop `rx`: wait on the connection's end too.
+    let reply = tokio::select! {
+        biased;
+        reply = rx => reply.map_err(|_| closed_error(&inner.conn))?,
+        _ = inner.conn.closed() => return Err(closed_error(&inner.conn)),
+    };
     protocol::decode_result(into_result(reply)?).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 

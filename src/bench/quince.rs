@@ -278,12 +278,38 @@ impl Bench {
         let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let empty = server.rss();
-        let clients = connect_all(server.addr, &seeded.tokens, "connecting idle clients").await?;
+        let clients = connect_many(
+            server.addr,
+            &seeded.tokens,
+            false,
+            "connecting idle clients",
+        )
+        .await?;
         // Idle means idle for a while: the handshakes' transient memory has
         // been freed and handed back (the server trims its heap every 10 s).
         tokio::time::sleep(Duration::from_secs(12)).await;
+        let connected = server.rss();
+        let bar = load::progress(n as u64, "logging idle clients in");
+        let mut logins = JoinSet::new();
+        let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+        for (client, token) in clients.iter().zip(&seeded.tokens) {
+            let (client, token, limit, bar) =
+                (client.clone(), token.clone(), limit.clone(), bar.clone());
+            logins.spawn(async move {
+                let _permit = limit.acquire_owned().await?;
+                client.resume(&token).await?;
+                bar.inc(1);
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = logins.join_next().await {
+            done??;
+        }
+        bar.finish_and_clear();
+        tokio::time::sleep(Duration::from_secs(12)).await;
         let loaded = server.rss();
         let per_conn_kib = (loaded.rss_kib.saturating_sub(empty.rss_kib)) as f64 / n as f64;
+        let quic_kib = (connected.rss_kib.saturating_sub(empty.rss_kib)) as f64 / n as f64;
         for c in &clients {
             c.close_now();
         }
@@ -302,6 +328,7 @@ impl Bench {
                 )
                 .at_most(400.0 * n as f64 / 20_000.0),
                 Figure::new("RSS per connection", per_conn_kib, "KiB").at_most(20.0),
+                Figure::new("of which QUIC + TLS before login", quic_kib, "KiB"),
             ],
             steps: vec![],
             notes: vec![
@@ -719,6 +746,16 @@ async fn connect_all(
     tokens: &[String],
     what: &str,
 ) -> anyhow::Result<Vec<Client>> {
+    connect_many(addr, tokens, true, what).await
+}
+
+/// Connects one client per token, and logs each in (resumes) if `login`.
+async fn connect_many(
+    addr: SocketAddr,
+    tokens: &[String],
+    login: bool,
+    what: &str,
+) -> anyhow::Result<Vec<Client>> {
     let endpoints = endpoints()?;
     let bar = load::progress(tokens.len() as u64, what);
     let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
@@ -735,7 +772,19 @@ async fn connect_all(
                 if attempt > 0 {
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
-                match resume(&endpoint, addr, &token).await {
+                let connected = if login {
+                    resume(&endpoint, addr, &token).await
+                } else {
+                    // A ping opens the control stream, which is what the server
+                    // waits for (it drops a connection that never does).
+                    async {
+                        let c = Client::connect_on(&endpoint, addr, Trust::FirstUse).await?;
+                        c.ping().await?;
+                        anyhow::Ok(c)
+                    }
+                    .await
+                };
+                match connected {
                     Ok(c) => {
                         bar.inc(1);
                         return Ok((i, c));
