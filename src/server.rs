@@ -195,12 +195,6 @@ fn transport() -> quinn::TransportConfig {
     t.stream_receive_window(quinn::VarInt::from_u32(512 * 1024));
     t.receive_window(quinn::VarInt::from_u32(1024 * 1024));
     t.send_window(1024 * 1024);
-    // quinn keeps each connection's transmit buffer at its largest size; with
-    // segmentation offload that is up to ten datagrams (some 14 KiB) for every
-    // connection, idle or not. Chat traffic is small messages, and a burst
-    // still goes out in one write per datagram, so one datagram's room is
-    // enough, and 20,000 idle devices save over 200 MB.
-    t.enable_segmentation_offload(false);
     t
 }
 

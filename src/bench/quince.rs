@@ -313,6 +313,11 @@ impl Bench {
         for c in &clients {
             c.close_now();
         }
+        drop(clients);
+        // What the server gives back once everyone has gone (it trims its heap
+        // every 10 s): memory a Pi's page cache can use again.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let left = server.rss();
         server.stop().await?;
         Ok(ScenarioResult {
             id: "idle".into(),
@@ -329,6 +334,7 @@ impl Bench {
                 .at_most(400.0 * n as f64 / 20_000.0),
                 Figure::new("RSS per connection", per_conn_kib, "KiB").at_most(20.0),
                 Figure::new("of which QUIC + TLS before login", quic_kib, "KiB"),
+                Figure::new("server RSS after all disconnected", left.rss_mib(), "MiB"),
             ],
             steps: vec![],
             notes: vec![
