@@ -124,6 +124,13 @@ async fn sigterm_shuts_down_cleanly_and_keeps_everything() {
         }
         other => panic!("unexpected close: {other}"),
     }
+    // A request made after the connection ended fails at once; it must not
+    // wait forever for a reply no one will read.
+    let late = tokio::time::timeout(Duration::from_secs(5), alice.whoami()).await;
+    assert!(
+        matches!(late, Ok(Err(_))),
+        "a call on a closed connection must fail, not hang: {late:?}"
+    );
     let server = TestServer::start_on(dir.path(), addr);
     assert_eq!(
         server.fingerprint, fingerprint,

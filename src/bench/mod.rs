@@ -126,44 +126,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.wants(Scenario::OneToOne) {
         report.scenarios.push(quince.one_to_one().await?);
         if let Some(peer) = &peer {
-            let rates: Vec<f64> = report.scenarios.last().map(step_rates).unwrap_or_default();
-            let mut steps = vec![];
-            for rate in rates {
-                eprintln!("mosquitto 1:1 at {rate}/s");
-                steps.push(
-                    peer.one_to_one(args.pairs, rate, args.step_duration(), args.size)
-                        .await?,
-                );
-            }
-            report.scenarios.push(peer_result(
-                "one-to-one",
-                "1:1 chat, QoS 1",
-                &args,
-                steps,
-                1,
-            ));
+            let rates = report.scenarios.last().map(step_rates).unwrap_or_default();
+            let steps = offer_peer("1:1", rates, async |rate| {
+                peer.one_to_one(args.pairs, rate, args.step_duration(), args.size)
+                    .await
+            })
+            .await?;
+            let result = peer_result("one-to-one", "1:1 chat, QoS 1", &args, steps, 1);
+            report.scenarios.push(result);
         }
     }
     if args.wants(Scenario::FanOut) {
         report.scenarios.push(quince.fan_out().await?);
         if let Some(peer) = &peer {
-            let rates: Vec<f64> = report.scenarios.last().map(step_rates).unwrap_or_default();
-            let mut steps = vec![];
-            for rate in rates {
-                eprintln!("mosquitto fan-out at {rate}/s");
-                steps.push(
-                    peer.fan_out(args.members, rate, args.step_duration(), args.size)
-                        .await?,
-                );
-            }
-            let members = args.members as u64;
-            report.scenarios.push(peer_result(
-                "fan-out",
-                "group fan-out, QoS 1",
-                &args,
-                steps,
-                members,
-            ));
+            // The same recipients as quince's group: everyone but the sender.
+            let recipients = args.members.max(2) - 1;
+            let rates = report.scenarios.last().map(step_rates).unwrap_or_default();
+            let steps = offer_peer("fan-out", rates, async |rate| {
+                peer.fan_out(recipients, rate, args.step_duration(), args.size)
+                    .await
+            })
+            .await?;
+            let title = "group fan-out, QoS 1";
+            let result = peer_result("fan-out", title, &args, steps, recipients as u64);
+            report.scenarios.push(result);
         }
     }
     if let Some(peer) = peer {
@@ -191,6 +177,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("wrote {} and {}", path.display(), plot.display());
     }
     Ok(())
+}
+
+/// Offers the peer each rate in turn.
+async fn offer_peer(
+    what: &str,
+    rates: Vec<f64>,
+    mut run: impl AsyncFnMut(f64) -> anyhow::Result<RatePoint>,
+) -> anyhow::Result<Vec<RatePoint>> {
+    let mut steps = Vec::with_capacity(rates.len());
+    for rate in rates {
+        eprintln!("mosquitto {what} at {rate}/s");
+        steps.push(run(rate).await?);
+    }
+    Ok(steps)
 }
 
 /// The offered rates of a scenario's steps, to offer the peer the same.

@@ -164,9 +164,9 @@ impl Bench {
         warm.wait(per_message, Duration::from_secs(20)).await;
 
         let rates = if self.quick {
-            load::step_rates(250.0, 2000.0, 2.0)
+            load::step_rates(31.25, 2000.0, 2.0)
         } else {
-            load::step_rates(125.0, 4000.0, 2.0)
+            load::step_rates(15.625, 4000.0, 2.0)
         };
         let mut steps = vec![];
         for rate in rates {
@@ -402,6 +402,11 @@ impl Bench {
         let rate = clients.len() as f64 / last.as_secs_f64().max(0.001);
         for c in &clients {
             c.close_now();
+        }
+        drop(clients);
+        // Let the closes finish before the next scenario measures anything.
+        for endpoint in &endpoints {
+            let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
         }
         server.stop().await?;
         let retries = retries.load(Ordering::Relaxed);
