@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(bench_args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(bench::run(bench_args)),
+            .block_on(bench::run(bench_args, &args.profile)),
         Command::Client(command) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

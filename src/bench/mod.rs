@@ -54,6 +54,12 @@ pub struct BenchArgs {
     /// disk: on tmpfs, fsync costs nothing and durable figures mean nothing.
     #[arg(long, default_value = "target/bench-data")]
     pub work_dir: PathBuf,
+    /// Measure the server of the current profile (`quince login` as an
+    /// administrator first) instead of starting one here. Accounts are made
+    /// through invites; the machine's limits and the Mosquitto comparison are
+    /// skipped, as they would describe this machine, not the server's.
+    #[arg(long)]
+    pub remote: bool,
     /// Skip the Mosquitto comparison.
     #[arg(long)]
     pub no_peer: bool,
@@ -97,7 +103,12 @@ impl BenchArgs {
 }
 
 /// Runs the bench and reports.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs, profile: &str) -> anyhow::Result<()> {
+    let remote = if args.remote {
+        Some(remote_from_profile(profile).await?)
+    } else {
+        None
+    };
     std::fs::create_dir_all(&args.work_dir)
         .with_context(|| format!("creating {}", args.work_dir.display()))?;
     let work_dir = args.work_dir.canonicalize()?;
@@ -107,11 +118,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         machine: limits::machine(&work_dir),
         ..Report::default()
     };
-    eprintln!("measuring this machine's limits (fsync, loopback UDP)...");
-    report.limits = Some(limits::measure(&work_dir, args.quick).await?);
+    if remote.is_none() {
+        eprintln!("measuring this machine's limits (fsync, loopback UDP)...");
+        report.limits = Some(limits::measure(&work_dir, args.quick).await?);
+    }
 
-    let quince = quince::Bench::new(&args, &work_dir);
-    let peer = if args.no_peer {
+    let quince = quince::Bench::new(&args, &work_dir, remote.as_ref());
+    let peer = if args.no_peer || remote.is_some() {
         None
     } else {
         match mosquitto::Mosquitto::start(&work_dir).await {
@@ -177,6 +190,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("wrote {} and {}", path.display(), plot.display());
     }
     Ok(())
+}
+
+/// The server, its pinned certificate and an administrator's token, from a
+/// client profile saved by `quince login`.
+async fn remote_from_profile(name: &str) -> anyhow::Result<quince::Remote> {
+    let saved = crate::profile::load(name)?;
+    let fingerprint = crate::profile::pinned(&saved.server)?.with_context(|| {
+        format!(
+            "no pinned certificate for {}; log in with the quince command first",
+            saved.server
+        )
+    })?;
+    let addr = tokio::net::lookup_host(saved.server.as_str())
+        .await?
+        .next()
+        .with_context(|| format!("{} has no address", saved.server))?;
+    Ok(quince::Remote {
+        addr,
+        fingerprint,
+        admin_token: saved.token,
+    })
 }
 
 /// Offers the peer each rate in turn.

@@ -37,6 +37,8 @@ const PASSWORD: &str = "bench-password-not-secret";
 
 pub struct Bench {
     work_dir: PathBuf,
+    /// The server named by the current profile, instead of one started here.
+    remote: Option<Remote>,
     size: usize,
     step: Duration,
     p99_ms: f64,
@@ -49,9 +51,10 @@ pub struct Bench {
 }
 
 impl Bench {
-    pub fn new(args: &BenchArgs, work_dir: &Path) -> Bench {
+    pub fn new(args: &BenchArgs, work_dir: &Path, remote: Option<&Remote>) -> Bench {
         Bench {
             work_dir: work_dir.to_path_buf(),
+            remote: remote.cloned(),
             size: args.size.max(16),
             step: args.step_duration(),
             p99_ms: args.p99_ms,
@@ -72,12 +75,30 @@ impl Bench {
         p
     }
 
+    /// A server for scenario `name` with `users` accounts, and `messages`
+    /// messages from the first to the second account: a fresh local one, or
+    /// the remote one with new accounts.
+    async fn prepare(
+        &self,
+        name: &str,
+        users: usize,
+        messages: usize,
+    ) -> anyhow::Result<(Server, Seeded)> {
+        match &self.remote {
+            None => {
+                let data_dir = self.work_dir.join(name);
+                let seeded = seed(&data_dir, users, messages).await?;
+                Ok((Server::start(&self.work_dir, &data_dir).await?, seeded))
+            }
+            Some(remote) => remote.prepare(users, messages).await,
+        }
+    }
+
     /// Scenario 1: pairs of users chatting 1:1; every message is acknowledged
     /// only after its commit, and counted when the recipient receives it.
     pub async fn one_to_one(&self) -> anyhow::Result<ScenarioResult> {
         let pairs = self.pairs;
-        let seeded = seed(&self.work_dir.join("one-to-one"), 2 * pairs, 0).await?;
-        let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
+        let (server, seeded) = self.prepare("one-to-one", 2 * pairs, 0).await?;
         let clients = connect_all(server.addr, &seeded.tokens, "connecting 1:1 users").await?;
         let (senders, recipients) = clients.split_at(pairs);
         let targets: Vec<Target> = seeded.names[pairs..]
@@ -108,7 +129,7 @@ impl Bench {
                 break;
             }
         }
-        let rss = server.rss();
+        let rss = server.rss().await;
         server.stop().await?;
         let mut figures = vec![
             Figure::new(
@@ -154,8 +175,7 @@ impl Bench {
     /// message is delivered to every other member.
     pub async fn fan_out(&self) -> anyhow::Result<ScenarioResult> {
         let members = self.members;
-        let seeded = seed(&self.work_dir.join("fan-out"), members, 0).await?;
-        let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
+        let (server, seeded) = self.prepare("fan-out", members, 0).await?;
         let clients = connect_all(server.addr, &seeded.tokens, "connecting group members").await?;
         let (sender, recipients) = clients.split_at(1);
         let others: Vec<&str> = seeded.names[1..].iter().map(String::as_str).collect();
@@ -188,7 +208,7 @@ impl Bench {
                 break;
             }
         }
-        let rss = server.rss();
+        let rss = server.rss().await;
         server.stop().await?;
         Ok(ScenarioResult {
             id: "fan-out".into(),
@@ -291,10 +311,9 @@ impl Bench {
     /// Scenario 3: many authenticated clients, connected and idle.
     pub async fn idle(&self) -> anyhow::Result<ScenarioResult> {
         let n = self.idle;
-        let seeded = seed(&self.work_dir.join("idle"), n, 0).await?;
-        let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
+        let (server, seeded) = self.prepare("idle", n, 0).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let empty = server.rss();
+        let empty = server.rss().await;
         let clients = connect_many(
             server.addr,
             &seeded.tokens,
@@ -305,7 +324,7 @@ impl Bench {
         // Idle means idle for a while: the handshakes' transient memory has
         // been freed and handed back (the server trims its heap every 10 s).
         tokio::time::sleep(Duration::from_secs(12)).await;
-        let connected = server.rss();
+        let connected = server.rss().await;
         let bar = load::progress(n as u64, "logging idle clients in");
         let mut logins = JoinSet::new();
         let limit = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
@@ -324,7 +343,7 @@ impl Bench {
         }
         bar.finish_and_clear();
         tokio::time::sleep(Duration::from_secs(12)).await;
-        let loaded = server.rss();
+        let loaded = server.rss().await;
         let per_conn_kib = (loaded.rss_kib.saturating_sub(empty.rss_kib)) as f64 / n as f64;
         let quic_kib = (connected.rss_kib.saturating_sub(empty.rss_kib)) as f64 / n as f64;
         for c in &clients {
@@ -334,7 +353,7 @@ impl Bench {
         // What the server gives back once everyone has gone (it trims its heap
         // every 10 s): memory a Pi's page cache can use again.
         tokio::time::sleep(Duration::from_secs(12)).await;
-        let left = server.rss();
+        let left = server.rss().await;
         server.stop().await?;
         Ok(ScenarioResult {
             id: "idle".into(),
@@ -342,7 +361,13 @@ impl Bench {
             system: "quince".into(),
             params: vec![("connections".into(), n.to_string())],
             figures: vec![
-                Figure::new("server RSS, no clients", empty.rss_mib(), "MiB").at_most(12.0),
+                // A remote server has other clients (this bench's administrator at
+                // least) and its own history, so the empty-server target is ours only.
+                if self.remote.is_some() {
+                    Figure::new("server RSS before connecting", empty.rss_mib(), "MiB")
+                } else {
+                    Figure::new("server RSS, no clients", empty.rss_mib(), "MiB").at_most(12.0)
+                },
                 Figure::new(
                     &format!("server RSS, {n} idle connections"),
                     loaded.rss_mib(),
@@ -365,8 +390,7 @@ impl Bench {
     /// Scenario 4: every client resumes at once on a freshly started server.
     pub async fn reconnect(&self) -> anyhow::Result<ScenarioResult> {
         let n = self.reconnect;
-        let seeded = seed(&self.work_dir.join("reconnect"), n, 0).await?;
-        let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
+        let (server, seeded) = self.prepare("reconnect", n, 0).await?;
         let endpoints = endpoints()?;
         let addr = server.addr;
         let bar = load::progress(n as u64, "reconnect storm");
@@ -460,8 +484,7 @@ impl Bench {
     /// Scenario 5: one device comes back to `catch_up` missed messages.
     pub async fn catch_up(&self) -> anyhow::Result<ScenarioResult> {
         let m = self.catch_up;
-        let seeded = seed(&self.work_dir.join("catch-up"), 2, m).await?;
-        let server = Server::start(&self.work_dir, &seeded.data_dir).await?;
+        let (server, seeded) = self.prepare("catch-up", 2, m).await?;
         let endpoint = client::endpoint("127.0.0.1:0".parse()?)?;
         let bar = load::progress(m as u64, "offline catch-up");
         let start = Instant::now();
@@ -485,7 +508,7 @@ impl Bench {
         let elapsed = start.elapsed();
         bar.finish_and_clear();
         device.close().await;
-        let rss = server.rss();
+        let rss = server.rss().await;
         server.stop().await?;
         if got < m as u64 {
             bail!("catch-up: only {got} of {m} messages arrived");
@@ -551,7 +574,6 @@ fn best_held(steps: &[RatePoint], per_message: u64, p99_ms: f64) -> f64 {
 
 /// A seeded data directory: accounts with their names and device tokens.
 struct Seeded {
-    data_dir: PathBuf,
     names: Vec<String>,
     tokens: Vec<String>,
 }
@@ -645,17 +667,19 @@ async fn seed(data_dir: &Path, users: usize, messages: usize) -> anyhow::Result<
     bar.finish_and_clear();
     drop(store);
     tokio::task::spawn_blocking(move || writer.join()).await?;
-    Ok(Seeded {
-        data_dir: data_dir.to_path_buf(),
-        names,
-        tokens,
-    })
+    Ok(Seeded { names, tokens })
 }
 
-/// The quince server under test, a child process of this one.
+/// The quince server under test: a child process of this one, or a remote
+/// server reached through an administrator's session.
 struct Server {
-    child: tokio::process::Child,
+    kind: ServerKind,
     addr: SocketAddr,
+}
+
+enum ServerKind {
+    Child(tokio::process::Child),
+    Remote(Client),
 }
 
 /// Resident memory of the server.
@@ -715,12 +739,32 @@ impl Server {
         .context("waiting for the server to listen")??;
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Server { child, addr })
+        Ok(Server {
+            kind: ServerKind::Child(child),
+            addr,
+        })
     }
 
-    fn rss(&self) -> Rss {
-        let status = self
-            .child
+    /// Resident memory: from /proc for a child; a remote server reports its
+    /// own (current, so its peak is the current figure too).
+    async fn rss(&self) -> Rss {
+        let child = match &self.kind {
+            ServerKind::Child(child) => child,
+            ServerKind::Remote(admin) => {
+                let kib = match admin.admin_status().await {
+                    Ok(status) => status.memory_rss_bytes / 1024,
+                    Err(e) => {
+                        eprintln!("warning: server status: {e}");
+                        0
+                    }
+                };
+                return Rss {
+                    rss_kib: kib,
+                    peak_kib: kib,
+                };
+            }
+        };
+        let status = child
             .id()
             .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
             .unwrap_or_default();
@@ -737,15 +781,23 @@ impl Server {
         }
     }
 
-    /// Stops the server the way init would (SIGTERM) and waits for it.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(pid) = self.child.id() {
+    /// Stops a child the way init would (SIGTERM) and waits for it; leaves a
+    /// remote server running.
+    async fn stop(self) -> anyhow::Result<()> {
+        let mut child = match self.kind {
+            ServerKind::Child(child) => child,
+            ServerKind::Remote(admin) => {
+                admin.close_now();
+                return Ok(());
+            }
+        };
+        if let Some(pid) = child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
             Ok(status) => {
                 let status = status?;
                 if !status.success() {
@@ -754,10 +806,92 @@ impl Server {
             }
             Err(_) => {
                 eprintln!("warning: the server did not stop within 20 s; killing it");
-                self.child.kill().await?;
+                child.kill().await?;
             }
         }
         Ok(())
+    }
+}
+
+/// A running server to measure, and an administrator's device token for it.
+#[derive(Clone)]
+pub struct Remote {
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    pub admin_token: String,
+}
+
+impl Remote {
+    async fn admin(&self) -> anyhow::Result<Client> {
+        let endpoint = client::endpoint("0.0.0.0:0".parse()?)?;
+        let trust = Trust::Pinned(self.fingerprint.clone());
+        let admin = Client::connect_on(&endpoint, self.addr, trust).await?;
+        let session = admin.resume(&self.admin_token).await?;
+        if session.role != Role::Admin {
+            bail!(
+                "the profile's account `{}` is not an administrator",
+                session.user
+            );
+        }
+        Ok(admin)
+    }
+
+    /// Registers `users` new accounts through invites (each costs the server
+    /// one password hash) and sends `messages` from the first to the second.
+    async fn prepare(&self, users: usize, messages: usize) -> anyhow::Result<(Server, Seeded)> {
+        let admin = self.admin().await?;
+        let run = hex::encode(rand::random::<[u8; 3]>());
+        let endpoints = endpoints()?;
+        let bar = load::progress(users as u64, "registering accounts");
+        let limit = Arc::new(Semaphore::new(16));
+        let mut set = JoinSet::new();
+        for i in 0..users {
+            let name = format!("b{run}-{i:05}");
+            let invite = admin.admin_invite(Role::Member, Some(3600)).await?.token;
+            let endpoint = endpoints[i % ENDPOINTS].clone();
+            let (addr, fp) = (self.addr, self.fingerprint.clone());
+            let (limit, bar) = (limit.clone(), bar.clone());
+            set.spawn(async move {
+                let _permit = limit.acquire_owned().await?;
+                let c = Client::connect_on(&endpoint, addr, Trust::Pinned(fp)).await?;
+                let session = c.register(&invite, &name, PASSWORD, "bench").await?;
+                c.close_now();
+                bar.inc(1);
+                anyhow::Ok((i, name, session.token.unwrap_or_default()))
+            });
+        }
+        let mut accounts = vec![(String::new(), String::new()); users];
+        while let Some(done) = set.join_next().await {
+            let (i, name, token) = done??;
+            accounts[i] = (name, token);
+        }
+        bar.finish_and_clear();
+        let (names, tokens): (Vec<String>, Vec<String>) = accounts.into_iter().unzip();
+        if messages > 0 {
+            let sender = resume(&endpoints[0], self.addr, &tokens[0]).await?;
+            let to = Target::User(names[1].clone());
+            let mut sends = JoinSet::new();
+            for i in 0..messages {
+                if sends.len() >= 64 {
+                    sends.join_next().await.transpose()?.transpose()?;
+                }
+                let (sender, to) = (sender.clone(), to.clone());
+                sends.spawn(
+                    async move { sender.send(to, &load::payload(i as u64, 100), None).await },
+                );
+            }
+            while let Some(done) = sends.join_next().await {
+                done??;
+            }
+            sender.close_now();
+        }
+        Ok((
+            Server {
+                kind: ServerKind::Remote(admin),
+                addr: self.addr,
+            },
+            Seeded { names, tokens },
+        ))
     }
 }
 
