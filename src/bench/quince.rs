@@ -708,6 +708,8 @@ impl Server {
                 data_dir.display().to_string()
             ),
         )?;
+        // QUINCE_BENCH_WRAP names a program to run the server under, for
+        // profiling a scenario (e.g. `heaptrack`); memory figures then include it.
         let mut command = match std::env::var_os("QUINCE_BENCH_WRAP") {
             Some(wrapper) => {
                 let mut c = tokio::process::Command::new(wrapper);
