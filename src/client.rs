@@ -45,6 +45,8 @@ const INBOX: usize = 1024;
 const ACK_DELAY: Duration = Duration::from_millis(50);
 /// Page size used when catching up.
 const SYNC_PAGE: u32 = 500;
+/// Requests queued for the control stream before callers wait for room.
+const CONTROL_QUEUE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -90,9 +92,6 @@ impl ClientError {
         }
     }
 }
-
-/// Requests queued for the control stream before callers wait for room.
-const CONTROL_QUEUE: usize = 256;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
 

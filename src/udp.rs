@@ -6,7 +6,8 @@
 //! rules) overflow that within a millisecond; the kernel drops the rest, and
 //! each dropped handshake waits a full retransmission timeout (a second, then
 //! two...). A few megabytes absorb such a storm. The kernel caps the request at
-//! `net.core.rmem_max` (the appliance raises it), so this is best effort.
+//! `net.core.rmem_max` (raise it with sysctl where it is lower), so this is
+//! best effort.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -523,49 +523,23 @@ async fn conversations_lists_direct_and_group_conversations_with_last_seq() {
         .conv;
     assert!(direct_ab < group && group < direct_ac);
 
-    let row =
-        |c: &quince::protocol::ConvSummary| (c.conv, c.kind, c.name.clone(), c.last_seq, c.member);
-    let alices: Vec<_> = alice
-        .conversations()
-        .await
-        .unwrap()
-        .conversations
-        .iter()
-        .map(row)
-        .collect();
     assert_eq!(
-        alices,
+        rows(&alice).await,
         [
             (direct_ab, ConvKind::Direct, "bob".to_string(), 3, true),
             (group, ConvKind::Group, "g".to_string(), 2, true),
             (direct_ac, ConvKind::Direct, "carol".to_string(), 1, true),
         ]
     );
-    let bobs: Vec<_> = bob
-        .conversations()
-        .await
-        .unwrap()
-        .conversations
-        .iter()
-        .map(row)
-        .collect();
     assert_eq!(
-        bobs,
+        rows(&bob).await,
         [
             (direct_ab, ConvKind::Direct, "alice".to_string(), 3, true),
             (group, ConvKind::Group, "g".to_string(), 2, true),
         ]
     );
-    let carols: Vec<_> = carol
-        .conversations()
-        .await
-        .unwrap()
-        .conversations
-        .iter()
-        .map(row)
-        .collect();
     assert_eq!(
-        carols,
+        rows(&carol).await,
         [
             (group, ConvKind::Group, "g".to_string(), 2, true),
             (direct_ac, ConvKind::Direct, "alice".to_string(), 1, true),
@@ -610,4 +584,16 @@ async fn conversations_lists_direct_and_group_conversations_with_last_seq() {
         .find(|c| c.conv == group)
         .unwrap();
     assert_eq!((g.last_seq, g.member), (4, true));
+}
+
+/// A client's conversation list as (conv, kind, name, last seq, member) rows.
+async fn rows(client: &quince::client::Client) -> Vec<(u64, ConvKind, String, u64, bool)> {
+    client
+        .conversations()
+        .await
+        .unwrap()
+        .conversations
+        .iter()
+        .map(|c| (c.conv, c.kind, c.name.clone(), c.last_seq, c.member))
+        .collect()
 }
