@@ -5,6 +5,8 @@
 #   make run     build and run a server on 127.0.0.1:4433 with data in ./quince-data
 #   make test    format check, clippy, then every unit and integration test
 #   make bench   load scenarios against quince and Mosquitto; writes docs/BENCHMARKS.md
+#   make image   the appliance disk image (BOARD=qemu-x86_64) in target/image/BOARD/
+#   make qemu    boot that image in QEMU with QUIC and SSH forwarded to loopback
 #   make clean   remove build output (keeps ./quince-data)
 
 SHELL := /bin/bash
@@ -26,8 +28,7 @@ DATA_DIR ?= ./quince-data
 ARGS ?=
 
 # Steps of `make test`, run in this order; the first failure stops it.
-# Later: QEMU image tests join this list (for example `test-image`).
-TEST_STEPS := fmt-check clippy cargo-test
+TEST_STEPS := fmt-check clippy cargo-test test-image
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
@@ -35,7 +36,7 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --n
 .DEFAULT_GOAL := build
 # The steps must run one after another even under `make -j`.
 .NOTPARALLEL:
-.PHONY: deps build run test $(TEST_STEPS) bench bench-deps clean
+.PHONY: deps build run test $(TEST_STEPS) bench bench-deps clean image image-deps appliance-binary qemu
 
 deps:
 	@if ! $(CARGO) --version >/dev/null 2>&1; then \
@@ -107,6 +108,58 @@ bench-deps:
 
 bench: deps bench-deps build
 	target/release/quince bench --quick --report docs/BENCHMARKS.md $(BENCH_ARGS)
+
+# --- The appliance image (board/, overlay/; see README "The appliance") ---
+
+BOARD ?= qemu-x86_64
+IMAGE_DIR := target/image/$(BOARD)
+RUST_TARGET = $(shell sed -n 's/^RUST_TARGET=//p' board/$(BOARD)/board.conf)
+APPLIANCE_BIN = target/$(RUST_TARGET)/appliance/quince
+
+# Host tools that build and test the image (none needs root to run).
+IMAGE_TOOLS := mkfs.erofs:erofs-utils mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk \
+  mkfs.ext4:e2fsprogs cpio:cpio depmod:kmod xz:xz-utils readelf:binutils \
+  qemu-system-x86_64:qemu-system-x86 nft:nftables ssh:openssh-client ssh-keygen:openssh-client
+IMAGE_FILES := /usr/share/OVMF/OVMF_CODE.fd:ovmf
+
+image-deps:
+	@missing=""; \
+	for t in $(IMAGE_TOOLS); do \
+	  PATH="$$PATH:/sbin:/usr/sbin" command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
+	done; \
+	for f in $(IMAGE_FILES); do [ -e $${f%%:*} ] || missing="$$missing $${f#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq; \
+	  $(APT_INSTALL) $$(echo $$missing | tr ' ' '\n' | sort -u); \
+	fi
+
+# Static (no libc needed on the image), without the bench.
+appliance-binary: deps
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --locked --profile appliance \
+	  --no-default-features --target $(RUST_TARGET) --bin quince
+
+image: image-deps appliance-binary
+	PATH="$$PATH:/sbin:/usr/sbin" board/common/build-image.sh $(BOARD) $(APPLIANCE_BIN) $(IMAGE_DIR)
+
+# Boots a copy of the image (so the built image stays pristine) in QEMU.
+QEMU_DISK ?= target/image/qemu-disk.img
+QEMU_DISK_SIZE ?= 2G
+QUIC_PORT ?= 4433
+SSH_PORT ?= 2222
+qemu: image
+	cp --sparse=always $(IMAGE_DIR)/quince-$(BOARD).img $(QEMU_DISK)
+	truncate -s $(QEMU_DISK_SIZE) $(QEMU_DISK)
+	@echo "Booting $(QEMU_DISK) (a $(QEMU_DISK_SIZE) disk). Once it is up:"
+	@echo "  invite:  mtype -i $(QEMU_DISK)@@1M ::quince-welcome.txt"
+	@echo "  connect: quince register --server 127.0.0.1:$(QUIC_PORT) --invite TOKEN YOUR_NAME"
+	@echo "  ssh:     add your public key to authorized_keys first (mcopy), then ssh -p $(SSH_PORT) root@127.0.0.1"
+	@echo "  quit:    Ctrl-A X (or 'poweroff' over SSH)"
+	board/$(BOARD)/qemu.sh $(IMAGE_DIR) $(QEMU_DISK) $(QUIC_PORT) $(SSH_PORT)
+
+test-image: image-deps image build
+	@echo "==> cargo test --test image (boots the image in QEMU)"
+	QUINCE_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test --locked --release --test image -- --ignored --nocapture
 
 clean:
 	$(CARGO) clean

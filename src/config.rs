@@ -30,6 +30,9 @@ pub struct Config {
     pub cache_mb: usize,
     /// Default lifetime of invites made by administrators, in hours.
     pub invite_ttl_hours: u64,
+    /// The appliance's system settings (network, host name, time). The server
+    /// ignores them; the appliance's boot reads them with [`crate::system`].
+    pub system: toml::Table,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             max_connections: 25_000,
             cache_mb: 32,
             invite_ttl_hours: 24 * 7,
+            system: toml::Table::new(),
         }
     }
 }

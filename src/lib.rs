@@ -6,6 +6,7 @@
 //! - [`hub`]: online devices and event fan-out.
 //! - [`stream`]: reading and writing frames on QUIC streams, batched.
 //! - [`client`]: the async client library apps embed.
+//! - [`system`]: the appliance's settings from the boot partition's `quince.toml`.
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -16,5 +17,6 @@ pub mod server;
 pub mod status;
 pub mod store;
 pub mod stream;
+pub mod system;
 pub mod tls;
 pub mod udp;

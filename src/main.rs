@@ -30,6 +30,12 @@ struct Args {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Prepare a data directory (store, certificate, first admin invite) and
+    /// print the certificate fingerprint and any unused admin invite.
+    Init(InitArgs),
+    /// Check a boot-partition quince.toml (used by the appliance at boot).
+    #[command(hide = true)]
+    BootConfig(BootConfigArgs),
     /// Measure quince (and Mosquitto, for comparison) under load; see docs/BENCHMARKS.md.
     #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
@@ -62,10 +68,37 @@ struct ServeArgs {
     key: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct InitArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./quince-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BootConfigArgs {
+    /// The owner's quince.toml (a missing file means the defaults).
+    file: PathBuf,
+    /// Where to write the server options `quince serve --config` should use.
+    #[arg(long)]
+    server_config: PathBuf,
+    /// Where to write the system settings as shell variables.
+    #[arg(long)]
+    env: PathBuf,
+    /// Directory of time zone files that `system.timezone` must name.
+    #[arg(long, default_value = "/usr/share/zoneinfo")]
+    zoneinfo: PathBuf,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Command::Serve(serve_args) => serve(serve_args),
+        Command::Init(init_args) => init(init_args),
+        Command::BootConfig(boot_args) => boot_config(boot_args),
         #[cfg(feature = "bench")]
         Command::Bench(bench_args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -80,11 +113,64 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(match path {
         Some(path) => Config::load(path)?,
         None => Config::default(),
+    })
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let mut config = load_config(args.config.as_deref())?;
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let prepared = runtime.block_on(quince::server::prepare(&config))?;
+    println!("fingerprint: {}", prepared.fingerprint);
+    if let Some(invite) = prepared.pending_invite {
+        println!("invite: {invite}");
+    }
+    Ok(())
+}
+
+/// Reads the owner's file as far as it can; problems go to stdout, one per
+/// line, and never stop the boot (see `quince::system`).
+fn boot_config(args: BootConfigArgs) -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("{} not found; using the defaults", args.file.display());
+            String::new()
+        }
+        Err(e) => {
+            println!(
+                "cannot read {}: {e}; using the defaults",
+                args.file.display()
+            );
+            String::new()
+        }
     };
+    let boot = quince::system::BootConfig::read(&text, &args.zoneinfo);
+    for problem in &boot.problems {
+        println!("{problem}");
+    }
+    let server = if boot.server_from_file {
+        text.as_str()
+    } else {
+        ""
+    };
+    std::fs::write(&args.server_config, server)
+        .with_context(|| args.server_config.display().to_string())?;
+    std::fs::write(&args.env, boot.to_shell()).with_context(|| args.env.display().to_string())?;
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(args.config.as_deref())?;
     if let Some(v) = args.listen {
         config.listen = v;
     }
@@ -107,6 +193,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log_level")?,
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in the appliance's log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.threads())

@@ -74,6 +74,46 @@ pub struct Server {
     pub admin_invite: Option<String>,
 }
 
+/// What [`prepare`] reports about a data directory.
+#[derive(Debug)]
+pub struct Prepared {
+    /// SHA-256 of the certificate the server will present.
+    pub fingerprint: String,
+    /// The admin invite, when no account exists yet and it is still unused:
+    /// made by this call on an empty store, or read back from the file an
+    /// earlier start wrote.
+    pub pending_invite: Option<String>,
+}
+
+/// Prepares a data directory without serving: the store, the certificate and,
+/// on an empty store, the admin invite. The appliance runs this at boot so it
+/// can show the owner the fingerprint and invite before the server starts.
+pub async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
+    let dir = &config.data_dir;
+    create_private_dir(dir)?;
+    let (store, writer) = Store::open(&dir.join(DB_FILE), config.cache_mb.max(1) * 1024 * 1024)?;
+    let configured = config.cert.as_deref().zip(config.key.as_deref());
+    let (identity, _) = tls::load_or_create(dir, configured)?;
+    let made = bootstrap_invite(&store, dir).await?;
+    drop(store);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .map_err(|e| ServerError::DataDir {
+            path: dir.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+    let pending_invite = made.or_else(|| {
+        std::fs::read_to_string(dir.join(ADMIN_INVITE_FILE))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    });
+    Ok(Prepared {
+        fingerprint: identity.fingerprint(),
+        pending_invite,
+    })
+}
+
 impl Server {
     /// Prepares the data directory, store and certificate, and binds the UDP socket.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {

@@ -1,0 +1,42 @@
+#!/bin/sh
+# Builds a board's disk image from pinned Debian packages, the shared overlay
+# and a quince binary (`make image` calls this).
+#
+#   build-image.sh BOARD QUINCE_BINARY OUT_DIR
+#
+# OUT_DIR gets: quince-BOARD.img (write it to a disk), quince-BOARD.img.xz,
+# and the parts: vmlinuz, vmlinux (uncompressed, for fast QEMU boots),
+# initrd.img, root.erofs, cmdline.txt.
+set -eu
+
+board_name=$1 quince=$2 out=$3
+here=$(cd "$(dirname "$0")" && pwd)
+board=$here/../$board_name
+[ -f "$board/board.conf" ] || { echo "error: no board $board_name (board/$board_name/board.conf)" >&2; exit 1; }
+. "$board/board.conf"
+mkdir -p "$out"
+cache=$(dirname "$out")/debs
+
+echo "==> packages ($board/packages)"
+"$here/fetch-packages.sh" "$board/packages" "$DEB_ARCH" "$cache" "$out/pkgroot"
+
+echo "==> kernel $KERNEL_VERSION"
+cp "$out/pkgroot/boot/vmlinuz-$KERNEL_VERSION" "$out/vmlinuz"
+"$here/extract-vmlinux.sh" "$out/vmlinuz" "$out/vmlinux"
+cp "$board/cmdline.txt" "$out/cmdline.txt"
+
+echo "==> initramfs"
+"$here/make-initramfs.sh" "$out/pkgroot" "$KERNEL_VERSION" "$board/modules" "$out/initrd.img"
+
+echo "==> root filesystem"
+"$here/make-rootfs.sh" "$out/pkgroot" "$LIB_TRIPLET" "$quince" "$here/../../overlay" "$out/root.erofs"
+
+echo "==> disk image"
+image=$out/quince-$board_name.img
+"$here/make-disk.sh" "$board" "$out" "$image"
+xz -T0 -6 -k -f "$image"
+
+printf '%s  %s\n' \
+    "$(du -h --apparent-size "$image" | cut -f1)" "$image" \
+    "$(du -h "$image.xz" | cut -f1)" "$image.xz" \
+    "$(du -h "$out/root.erofs" | cut -f1)" "$out/root.erofs (root filesystem)"

@@ -1,0 +1,49 @@
+#!/bin/sh
+# Downloads a board's pinned Debian packages and unpacks them into one tree.
+#
+#   fetch-packages.sh PACKAGES ARCH CACHE DEST
+#
+# PACKAGES lists name=version lines. Downloads are kept in CACHE, so a rebuild
+# needs no network. Nothing is installed on the build machine: each package is
+# only unpacked (dpkg-deb -x) into DEST, which is emptied first.
+set -eu
+
+packages=$1 arch=$2 cache=$3 dest=$4
+
+# The same list unpacked before: nothing to do (the kernel alone takes a minute).
+if [ -f "$dest/.packages" ] && cmp -s "$packages" "$dest/.packages"; then
+    exit 0
+fi
+
+mkdir -p "$cache"
+rm -rf "$dest"
+mkdir -p "$dest"
+
+grep -v '^[[:space:]]*\(#\|$\)' "$packages" | while read -r spec; do
+    name=${spec%%=*}
+    version=${spec#*=}
+    # apt names files name_version_arch.deb with the epoch colon escaped.
+    file_version=$(printf '%s' "$version" | sed 's/:/%3a/')
+    deb=""
+    for a in "$arch" all; do
+        if [ -f "$cache/${name}_${file_version}_$a.deb" ]; then
+            deb="$cache/${name}_${file_version}_$a.deb"
+        fi
+    done
+    if [ -z "$deb" ]; then
+        echo "  downloading $name=$version ($arch)"
+        if ! (cd "$cache" && apt-get download -q "$name:$arch=$version" 2>&1 | grep -v 'unsandboxed' >&2); then
+            echo "error: cannot download $name=$version for $arch." >&2
+            echo "  Is it still in the archive (apt-cache policy $name)? If not, update $packages." >&2
+            exit 1
+        fi
+        for a in "$arch" all; do
+            if [ -f "$cache/${name}_${file_version}_$a.deb" ]; then
+                deb="$cache/${name}_${file_version}_$a.deb"
+            fi
+        done
+        [ -n "$deb" ] || { echo "error: apt-get download gave no file for $name=$version" >&2; exit 1; }
+    fi
+    dpkg-deb -x "$deb" "$dest"
+done
+cp "$packages" "$dest/.packages"
