@@ -155,11 +155,14 @@ qemu: image
 	@echo "  connect: quince register --server 127.0.0.1:$(QUIC_PORT) --invite TOKEN YOUR_NAME"
 	@echo "  ssh:     add your public key to authorized_keys first (mcopy), then ssh -p $(SSH_PORT) root@127.0.0.1"
 	@echo "  quit:    Ctrl-A X (or 'poweroff' over SSH)"
-	board/$(BOARD)/qemu.sh $(IMAGE_DIR) $(QEMU_DISK) $(QUIC_PORT) $(SSH_PORT)
+	QUIC_PORT=$(QUIC_PORT) SSH_PORT=$(SSH_PORT) board/$(BOARD)/qemu.sh $(IMAGE_DIR) $(QEMU_DISK)
 
-test-image: image-deps image build
+# The image tests boot QEMU one at a time: two emulated guests on two cores
+# would each run at half speed.
+test-image: image-deps image
 	@echo "==> cargo test --test image (boots the image in QEMU)"
-	QUINCE_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test --locked --release --test image -- --ignored --nocapture
+	PATH="$$PATH:/sbin:/usr/sbin" QUINCE_IMAGE_DIR=$(IMAGE_DIR) \
+	  $(CARGO) test --locked --test image -- --ignored --nocapture --test-threads=1
 
 clean:
 	$(CARGO) clean

@@ -1,33 +1,32 @@
 #!/bin/sh
-# Boots a quince disk image in QEMU (software emulation: KVM is not assumed)
-# with QUIC and SSH forwarded to loopback, the serial console on this terminal.
+# Boots a quince disk image in QEMU under software emulation (KVM is not
+# assumed), the serial console on stdout. Used by `make qemu` and the image
+# tests.
 #
-#   qemu.sh IMAGE_DIR DISK QUIC_PORT SSH_PORT [--uefi] [extra QEMU options...]
+#   qemu.sh IMAGE_DIR DISK [extra QEMU options...]
 #
-# By default QEMU is handed the uncompressed kernel and initramfs from
-# IMAGE_DIR (fast); --uefi boots the disk through OVMF and systemd-boot as a
-# PC would.
+# Environment:
+#   QUIC_PORT, SSH_PORT  loopback ports forwarded to the guest's 4433/udp and
+#                        22/tcp (default 4433 and 2222)
+#   EXTRA_HOSTFWD        more forwards, e.g. ",hostfwd=tcp:127.0.0.1:8080-:8080"
+#   UEFI=1               boot the disk through OVMF and systemd-boot, as a PC
+#                        does; otherwise QEMU is handed the uncompressed kernel
+#                        and the initramfs from IMAGE_DIR, which is faster.
 set -eu
 
-dir=$1 disk=$2 quic=$3 ssh=$4
-shift 4
-boot="-kernel $dir/vmlinux -initrd $dir/initrd.img"
-if [ "${1:-}" = --uefi ]; then
-    shift
+dir=$1 disk=$2
+shift 2
+if [ "${UEFI:-0}" = 1 ]; then
     vars=$disk.vars.fd
     [ -f "$vars" ] || cp /usr/share/OVMF/OVMF_VARS.fd "$vars"
-    boot="-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd
-          -drive if=pflash,format=raw,file=$vars"
-    exec qemu-system-x86_64 -accel tcg -machine q35 -smp 2 -m 512 -nographic \
-        $boot \
-        -drive "file=$disk,if=virtio,format=raw" \
-        -netdev "user,id=n0,hostfwd=udp:127.0.0.1:$quic-:4433,hostfwd=tcp:127.0.0.1:$ssh-:22" \
-        -device virtio-net-pci,netdev=n0 \
-        -device i6300esb "$@"
+    set -- -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd \
+        -drive "if=pflash,format=raw,file=$vars" "$@"
+else
+    set -- -kernel "$dir/vmlinux" -initrd "$dir/initrd.img" -append "$(cat "$dir/cmdline.txt")" "$@"
 fi
 exec qemu-system-x86_64 -accel tcg -machine q35 -smp 2 -m 512 -nographic \
-    $boot -append "$(cat "$dir/cmdline.txt")" \
     -drive "file=$disk,if=virtio,format=raw" \
-    -netdev "user,id=n0,hostfwd=udp:127.0.0.1:$quic-:4433,hostfwd=tcp:127.0.0.1:$ssh-:22" \
+    -netdev "user,id=n0,hostfwd=udp:127.0.0.1:${QUIC_PORT:-4433}-:4433,hostfwd=tcp:127.0.0.1:${SSH_PORT:-2222}-:22${EXTRA_HOSTFWD:-}" \
     -device virtio-net-pci,netdev=n0 \
-    -device i6300esb "$@"
+    -device i6300esb \
+    "$@"

@@ -1,0 +1,592 @@
+//! The appliance image, booted in QEMU: `make test-image` (part of `make test`)
+//! builds it and runs these with `--ignored`.
+//!
+//! Everything here is the real thing: the disk image `make image` built, the
+//! real kernel and init under QEMU (software emulation), the `quince` command
+//! line on the host reaching the guest through QEMU's port forwarding, OpenSSH
+//! against the guest's dropbear, mtools and e2fsck on the disk file.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long one boot may take under TCG before the test gives up.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The guest port the firewall test listens on: not in the ruleset.
+const CLOSED_PORT: u16 = 8080;
+
+fn image_dir() -> PathBuf {
+    let dir = std::env::var_os("QUINCE_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/image/qemu-x86_64"));
+    assert!(
+        dir.join("quince-qemu-x86_64.img").exists(),
+        "no image in {}: run `make image` first (make test-image does)",
+        dir.display()
+    );
+    dir
+}
+
+fn free_port() -> u16 {
+    // Both protocols on the same number, so one port serves either use.
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A disk: a copy of the built image, optionally on a bigger "card".
+struct Disk {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Disk {
+    fn copy_of_image(size: Option<u64>) -> Disk {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let status = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(image_dir().join("quince-qemu-x86_64.img"))
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        if let Some(size) = size {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(size)
+                .unwrap();
+        }
+        Disk { dir, path }
+    }
+
+    /// `path@@1M`: the boot partition, for mtools.
+    fn boot(&self) -> String {
+        format!("{}@@1M", self.path.display())
+    }
+
+    fn read_boot_file(&self, name: &str) -> Option<String> {
+        let out = run(Command::new("mtype")
+            .arg("-i")
+            .arg(self.boot())
+            .arg(format!("::{name}")));
+        out.status.success().then(|| stdout(&out).replace('\r', ""))
+    }
+
+    fn write_boot_file(&self, name: &str, contents: &str) {
+        let local = self.dir.path().join(name);
+        std::fs::write(&local, contents).unwrap();
+        let out = run(Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(self.boot())
+            .arg(&local)
+            .arg(format!("::{name}")));
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// (start, size) in sectors of the GPT partition named `name`, from the disk file.
+    fn partition(&self, name: &str) -> (u64, u64) {
+        let dump = stdout(&run(Command::new("sfdisk").arg("-d").arg(&self.path)));
+        let line = dump
+            .lines()
+            .find(|l| l.contains(&format!("name=\"{name}\"")))
+            .unwrap_or_else(|| panic!("no partition {name} in:\n{dump}"));
+        let field = |key: &str| -> u64 {
+            let (_, fields) = line.split_once(" : ").expect("sfdisk -d line");
+            fields
+                .split(',')
+                .filter_map(|f| f.split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line}"))
+        };
+        (field("start"), field("size"))
+    }
+
+    /// `e2fsck -fn` on the data partition: true when the filesystem is clean.
+    fn data_is_clean(&self) -> (bool, String) {
+        let (start, _) = self.partition("data");
+        let out = run(Command::new("e2fsck").arg("-fn").arg(format!(
+            "{}?offset={}",
+            self.path.display(),
+            start * 512
+        )));
+        (
+            out.status.success(),
+            format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+}
+
+/// A running QEMU guest.
+struct Vm {
+    child: Child,
+    console: PathBuf,
+    qmp: PathBuf,
+    quic_port: u16,
+    ssh_port: u16,
+    closed_port: u16,
+    key: PathBuf,
+    started: Instant,
+}
+
+impl Vm {
+    fn boot(disk: &Disk, key: &Path, uefi: bool) -> Vm {
+        let (quic_port, ssh_port, closed_port) = (free_port(), free_port(), free_port());
+        let console = disk.dir.path().join(format!("console-{quic_port}.log"));
+        let qmp = disk.dir.path().join(format!("qmp-{quic_port}.sock"));
+        let child = Command::new("board/qemu-x86_64/qemu.sh")
+            .arg(image_dir())
+            .arg(&disk.path)
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .env("QUIC_PORT", quic_port.to_string())
+            .env("SSH_PORT", ssh_port.to_string())
+            .env(
+                "EXTRA_HOSTFWD",
+                format!(",hostfwd=tcp:127.0.0.1:{closed_port}-:{CLOSED_PORT}"),
+            )
+            .env("UEFI", if uefi { "1" } else { "0" })
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&console).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qemu-system-x86_64 (make image-deps installs it)");
+        Vm {
+            child,
+            console,
+            qmp,
+            quic_port,
+            ssh_port,
+            closed_port,
+            key: key.to_path_buf(),
+            started: Instant::now(),
+        }
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console shows `text`; returns the time since boot.
+    fn wait_console(&mut self, text: &str) -> Duration {
+        while !self.console().contains(text) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "QEMU exited ({status}) before {text:?}:\n{}",
+                    self.console()
+                );
+            }
+            assert!(
+                self.started.elapsed() < BOOT_TIMEOUT,
+                "no {text:?} on the console after {BOOT_TIMEOUT:?}:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.started.elapsed()
+    }
+
+    fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.quic_port)
+    }
+
+    fn ssh_command(&self) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20"])
+        .arg("-p")
+        .arg(self.ssh_port.to_string());
+        cmd
+    }
+
+    /// Runs a shell command in the guest as root over SSH with the test's key.
+    fn ssh(&self, script: &str) -> Output {
+        run(self
+            .ssh_command()
+            .args(["-o", "BatchMode=yes", "-i"])
+            .arg(&self.key)
+            .arg("root@127.0.0.1")
+            .arg(script))
+    }
+
+    fn qmp(&self, command: &str) {
+        let stream = UnixStream::connect(&self.qmp).expect("QMP socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap(); // greeting
+        for c in ["qmp_capabilities", command] {
+            writeln!(&stream, "{{\"execute\": \"{c}\"}}").unwrap();
+            // Events (POWERDOWN, ...) can arrive before the reply.
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                if !line.contains("\"event\"") {
+                    break;
+                }
+            }
+            assert!(line.contains("\"return\""), "QMP {c}: {line}");
+        }
+    }
+
+    /// Presses the power button and waits for the guest to power off.
+    fn power_off(mut self) -> String {
+        self.qmp("system_powerdown");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "QEMU: {status}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no power-off 90 s after the power button:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.console()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `quince` command-line user with its own profile directory on the host.
+struct User {
+    home: tempfile::TempDir,
+    name: &'static str,
+}
+
+impl User {
+    fn new(name: &'static str) -> User {
+        User {
+            home: tempfile::tempdir().unwrap(),
+            name,
+        }
+    }
+
+    fn quince(&self, args: &[&str]) -> Output {
+        run(Command::new(env!("CARGO_BIN_EXE_quince"))
+            .args(args)
+            .env("QUINCE_HOME", self.home.path())
+            .env("QUINCE_PASSWORD", format!("{}-password-1234", self.name)))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.quince(args);
+        assert!(
+            out.status.success(),
+            "quince {args:?} as {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    }
+
+    fn register(&self, vm: &Vm, invite: &str, fingerprint: &str) {
+        self.ok(&[
+            "register",
+            "--server",
+            &vm.server(),
+            "--invite",
+            invite,
+            "--fingerprint",
+            fingerprint,
+            self.name,
+        ]);
+    }
+}
+
+/// Fingerprint and invite from the welcome file on the boot partition.
+fn welcome(disk: &Disk) -> (String, Option<String>) {
+    let text = disk
+        .read_boot_file("quince-welcome.txt")
+        .expect("quince-welcome.txt on the boot partition");
+    let after = |heading: &str| {
+        let mut lines = text.lines();
+        lines.find(|l| l.starts_with(heading))?;
+        lines.next().map(|l| l.trim().to_string())
+    };
+    let fingerprint = after("Certificate fingerprint").expect("fingerprint");
+    assert_eq!(fingerprint.len(), 64, "{text}");
+    (fingerprint, after("Admin invite"))
+}
+
+fn ssh_key(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("id_ed25519");
+    let out = run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key));
+    assert!(out.status.success(), "{out:?}");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public)
+}
+
+/// Connects to the forwarded port and returns what the guest's listener sent.
+fn banner(port: u16) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let mut got = String::new();
+    let _ = stream.read_to_string(&mut got);
+    got
+}
+
+#[test]
+#[ignore = "boots the appliance image in QEMU; run by `make test-image`"]
+fn first_boot_chat_power_off_and_boot_again() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_key(keys.path());
+    // The image is ~450 MiB; the "card" it is written to is 2 GiB.
+    let disk = Disk::copy_of_image(Some(2 << 30));
+    let (_, data_size_before) = disk.partition("data");
+    disk.write_boot_file("authorized_keys", &public);
+
+    let mut vm = Vm::boot(&disk, &key, false);
+    vm.wait_console("listening on");
+    let (fingerprint, invite) = welcome(&disk);
+    let invite = invite.expect("an admin invite on first boot");
+
+    // Register two users from the host through the forwarded QUIC port.
+    let alice = User::new("alice");
+    alice.register(&vm, &invite, &fingerprint);
+    println!(
+        "boot to the first accepted QUIC connection (registration): {:.1} s",
+        vm.started.elapsed().as_secs_f64()
+    );
+    let bob_invite = alice.ok(&["admin", "invite"]);
+    let bob = User::new("bob");
+    bob.register(&vm, bob_invite.trim(), &fingerprint);
+    alice.ok(&["send", "bob", "hello from the host"]);
+    assert!(
+        bob.ok(&["history", "alice"])
+            .contains("hello from the host")
+    );
+    let after = vm.ssh("grep VmRSS /proc/$(pidof quince)/status");
+    println!(
+        "quince after boot and two registrations: {}",
+        stdout(&after).trim()
+    );
+
+    // The first boot grew the data partition to the end of the 2 GiB disk.
+    let (start, size) = disk.partition("data");
+    assert!(
+        size > data_size_before * 10,
+        "data partition: {size} sectors"
+    );
+    assert!(
+        (start + size) * 512 > (2 << 30) - (2 << 20),
+        "ends at sector {}",
+        start + size
+    );
+    let df = stdout(&vm.ssh("df -k /data | tail -1"));
+    let kib: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(kib > 1_400_000, "the filesystem did not grow: {df}");
+
+    // SSH with the key from the boot partition works; the root fs is read-only.
+    let out = vm.ssh("touch /probe");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{out:?}"
+    );
+    for dir in ["/etc", "/usr/bin", "/boot"] {
+        assert!(
+            !vm.ssh(&format!("touch {dir}/probe")).status.success(),
+            "{dir} is writable"
+        );
+    }
+    assert!(
+        vm.ssh("touch /data/probe && rm /data/probe")
+            .status
+            .success()
+    );
+
+    // Passwords are refused: the server offers public keys only.
+    let out = run(vm
+        .ssh_command()
+        .args(["-v", "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no"])
+        .args([
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+        ])
+        .arg("root@127.0.0.1")
+        .arg("true"));
+    assert!(!out.status.success(), "a login without a key succeeded");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let offered = log
+        .lines()
+        .find(|l| l.contains("Authentications that can continue"))
+        .unwrap_or_else(|| panic!("no auth methods in:\n{log}"));
+    assert!(offered.trim_end().ends_with("publickey"), "{offered}");
+
+    // The firewall: a listener on a port outside the ruleset answers inside
+    // the guest but not from outside, until the ruleset is flushed.
+    let listener = format!(
+        "setsid nc -ll -p {CLOSED_PORT} -e echo open </dev/null >/dev/null 2>&1 & sleep 1; nc 127.0.0.1 {CLOSED_PORT} </dev/null"
+    );
+    let inside = vm.ssh(&listener);
+    assert!(
+        stdout(&inside).contains("open"),
+        "listener in the guest: {inside:?}"
+    );
+    assert!(
+        !banner(vm.closed_port).contains("open"),
+        "port {CLOSED_PORT} is reachable through the firewall"
+    );
+    assert!(vm.ssh("nft flush ruleset").status.success());
+    assert!(
+        banner(vm.closed_port).contains("open"),
+        "the check above cannot tell open from closed"
+    );
+    let reload = vm.ssh("nft -D quic_port=4433 -f /etc/nftables.conf && kill $(pidof nc)");
+    assert!(reload.status.success(), "{reload:?}");
+
+    // quince killed inside the guest comes back at once. busybox init reaps
+    // it, waits its one-second respawn tick and starts it again; the time is
+    // measured on the guest's clock, polling every ~50 ms under emulation.
+    let restart = vm.ssh(
+        "old=$(pidof quince); kill -9 $old; start=$(cut -d' ' -f1 /proc/uptime); \
+         for i in $(seq 100); do new=$(pidof quince); [ -n \"$new\" ] && [ \"$new\" != \"$old\" ] && break; usleep 20000; done; \
+         end=$(cut -d' ' -f1 /proc/uptime); echo \"$old $new $start $end\"",
+    );
+    let fields: Vec<String> = stdout(&restart)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(fields.len(), 4, "{restart:?}");
+    assert_ne!(fields[0], fields[1], "quince was not restarted");
+    let took: f64 = fields[3].parse::<f64>().unwrap() - fields[2].parse::<f64>().unwrap();
+    println!("quince restarted by init {took:.2} s after SIGKILL");
+    assert!(took <= 1.5, "quince came back after {took:.2} s");
+    // And it serves: the client reconnects and the message is stored.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !bob
+        .quince(&["send", "alice", "after the restart"])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "quince did not serve again after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Power button: quince stops cleanly and /data is unmounted clean.
+    let console = vm.power_off();
+    assert!(console.contains("SIGTERM received"), "{console}");
+    assert!(console.contains("quince::server: stopped") || console.contains("stopped"));
+    let (clean, report) = disk.data_is_clean();
+    assert!(clean, "e2fsck -fn after power-off:\n{report}");
+
+    // Boot again: the history is intact, no new invite.
+    let mut vm = Vm::boot(&disk, &key, false);
+    vm.wait_console("listening on");
+    let (fingerprint_again, invite_again) = welcome(&disk);
+    assert_eq!(
+        fingerprint_again, fingerprint,
+        "the certificate changed across a reboot"
+    );
+    assert_eq!(
+        invite_again, None,
+        "a second admin invite after the first account"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let history = loop {
+        let out = bob.quince(&["history", "alice"]);
+        if out.status.success() {
+            break stdout(&out);
+        }
+        assert!(Instant::now() < deadline, "{out:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(history.contains("hello from the host"), "{history}");
+    assert!(history.contains("after the restart"), "{history}");
+    vm.power_off();
+    let (clean, report) = disk.data_is_clean();
+    assert!(clean, "e2fsck -fn after the second power-off:\n{report}");
+}
+
+#[test]
+#[ignore = "boots the appliance image in QEMU; run by `make test-image`"]
+fn uefi_boot_with_invalid_settings_falls_back_to_dhcp() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_key(keys.path());
+    let disk = Disk::copy_of_image(None);
+    disk.write_boot_file("authorized_keys", &public);
+    // An address that cannot be: if the boot used it, QEMU's network (which
+    // hands out 10.0.2.15 by DHCP) could not reach the guest.
+    disk.write_boot_file(
+        "quince.toml",
+        "[system]\nhostname = \"chat box\"\n[system.network]\nmode = \"static\"\naddress = \"192.168.7.300/24\"\n",
+    );
+
+    let mut vm = Vm::boot(&disk, &key, true);
+    let up = vm.wait_console("listening on");
+    println!(
+        "UEFI boot (OVMF, systemd-boot, compressed kernel) to quince listening: {:.1} s",
+        up.as_secs_f64()
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("quince.toml: system.network:"),
+        "{console}"
+    );
+
+    let status = disk
+        .read_boot_file("quince-status.txt")
+        .expect("quince-status.txt");
+    assert!(
+        status.contains("system.network") && status.contains("using DHCP"),
+        "{status}"
+    );
+    assert!(status.contains("system.hostname"), "{status}");
+    assert!(status.contains("eth0 (dhcp): 10.0.2.15/24"), "{status}");
+
+    // Reachable over QUIC (the DHCP address) and booted through UEFI.
+    let (fingerprint, invite) = welcome(&disk);
+    User::new("carol").register(&vm, &invite.expect("invite"), &fingerprint);
+    let efi = vm.ssh("test -d /sys/firmware/efi && hostname");
+    assert!(efi.status.success(), "not booted through UEFI: {efi:?}");
+    assert_eq!(
+        stdout(&efi).trim(),
+        "quince",
+        "the invalid host name was used"
+    );
+    vm.power_off();
+}
