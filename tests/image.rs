@@ -150,7 +150,13 @@ struct Vm {
 
 impl Vm {
     fn boot(disk: &Disk, key: &Path, uefi: bool) -> Vm {
-        let (quic_port, ssh_port, closed_port) = (free_port(), free_port(), free_port());
+        Vm::boot_on(disk, key, uefi, (free_port(), free_port(), free_port()))
+    }
+
+    /// Boots with given (QUIC, SSH, closed) host ports: clients' profiles
+    /// remember the server's address, so a second boot must keep it.
+    fn boot_on(disk: &Disk, key: &Path, uefi: bool, ports: (u16, u16, u16)) -> Vm {
+        let (quic_port, ssh_port, closed_port) = ports;
         let console = disk.dir.path().join(format!("console-{quic_port}.log"));
         let qmp = disk.dir.path().join(format!("qmp-{quic_port}.sock"));
         let child = Command::new("board/qemu-x86_64/qemu.sh")
@@ -476,9 +482,8 @@ fn first_boot_chat_power_off_and_boot_again() {
     let reload = vm.ssh("nft -D quic_port=4433 -f /etc/nftables.conf && kill $(pidof nc)");
     assert!(reload.status.success(), "{reload:?}");
 
-    // quince killed inside the guest comes back at once. busybox init reaps
-    // it, waits its one-second respawn tick and starts it again; the time is
-    // measured on the guest's clock, polling every ~50 ms under emulation.
+    // quince killed inside the guest is back within a second (guest clock,
+    // polling every ~50 ms under emulation).
     let restart = vm.ssh(
         "old=$(pidof quince); kill -9 $old; start=$(cut -d' ' -f1 /proc/uptime); \
          for i in $(seq 100); do new=$(pidof quince); [ -n \"$new\" ] && [ \"$new\" != \"$old\" ] && break; usleep 20000; done; \
@@ -491,8 +496,8 @@ fn first_boot_chat_power_off_and_boot_again() {
     assert_eq!(fields.len(), 4, "{restart:?}");
     assert_ne!(fields[0], fields[1], "quince was not restarted");
     let took: f64 = fields[3].parse::<f64>().unwrap() - fields[2].parse::<f64>().unwrap();
-    println!("quince restarted by init {took:.2} s after SIGKILL");
-    assert!(took <= 1.5, "quince came back after {took:.2} s");
+    println!("quince running again {took:.2} s after SIGKILL");
+    assert!(took <= 1.0, "quince came back after {took:.2} s");
     // And it serves: the client reconnects and the message is stored.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !bob
@@ -508,6 +513,7 @@ fn first_boot_chat_power_off_and_boot_again() {
     }
 
     // Power button: quince stops cleanly and /data is unmounted clean.
+    let ports = (vm.quic_port, vm.ssh_port, vm.closed_port);
     let console = vm.power_off();
     assert!(console.contains("SIGTERM received"), "{console}");
     assert!(console.contains("quince::server: stopped") || console.contains("stopped"));
@@ -515,7 +521,7 @@ fn first_boot_chat_power_off_and_boot_again() {
     assert!(clean, "e2fsck -fn after power-off:\n{report}");
 
     // Boot again: the history is intact, no new invite.
-    let mut vm = Vm::boot(&disk, &key, false);
+    let mut vm = Vm::boot_on(&disk, &key, false, ports);
     vm.wait_console("listening on");
     let (fingerprint_again, invite_again) = welcome(&disk);
     assert_eq!(
@@ -589,4 +595,27 @@ fn uefi_boot_with_invalid_settings_falls_back_to_dhcp() {
         "the invalid host name was used"
     );
     vm.power_off();
+}
+
+#[test]
+#[ignore = "needs nft (make image-deps installs it); run by `make test-image`"]
+fn firewall_ruleset_passes_nft_check() {
+    // `nft -c` runs the ruleset through the kernel without committing it; a
+    // new user and network namespace gives it a kernel table of its own.
+    let check = |defines: &[&str]| {
+        run(Command::new("unshare")
+            .args(["-rn", "nft", "-c"])
+            .args(defines)
+            .args(["-f", "overlay/etc/nftables.conf"]))
+    };
+    let out = check(&["-D", "quic_port=4433"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The port comes from the boot: without it the ruleset must not load.
+    let out = check(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quic_port"));
 }

@@ -40,7 +40,7 @@ data=$work/data.ext4
 rm -f "$data"
 mkdir -p "$work/data.d"
 mkfs.ext4 -q -F -L quince-data -U 6c8e6d2a-0f2b-4a8b-9b39-71a1c3e5f002 \
-    -E root_owner=0:0 -d "$work/data.d" "$data" "${DATA_MIB}M"
+    -E root_owner=0:0 -d "$work/data.d" "$data" "${DATA_MIB}M" >/dev/null
 
 # --- GPT ---
 root_size=$(stat -c %s "$work/root.erofs")
