@@ -383,7 +383,10 @@ fn first_boot_chat_power_off_and_boot_again() {
     disk.write_boot_file("authorized_keys", &public);
 
     let mut vm = Vm::boot(&disk, &key, false);
-    vm.wait_console("listening on");
+    let up = vm.wait_console("listening on");
+    println!("first boot to quince listening: {:.1} s", up.as_secs_f64());
+    let rss = vm.ssh("grep VmRSS /proc/$(pidof quince)/status");
+    println!("quince right after boot: {}", stdout(&rss).trim());
     let (fingerprint, invite) = welcome(&disk);
     let invite = invite.expect("an admin invite on first boot");
 

@@ -32,7 +32,11 @@ grep -v '^[[:space:]]*\(#\|$\)' "$packages" | while read -r spec; do
     done
     if [ -z "$deb" ]; then
         echo "  downloading $name=$version ($arch)"
-        if ! (cd "$cache" && apt-get download -q "$name:$arch=$version" 2>&1 | grep -v 'unsandboxed' >&2); then
+        # A machine whose package lists are missing or older than the pin
+        # gets one `apt-get update` (as root) before giving up.
+        if ! (cd "$cache" && apt-get download -q "$name:$arch=$version" >/dev/null 2>&1) &&
+            ! { [ "$(id -u)" = 0 ] && apt-get update -qq &&
+                (cd "$cache" && apt-get download -q "$name:$arch=$version" >/dev/null 2>&1); }; then
             echo "error: cannot download $name=$version for $arch." >&2
             echo "  Is it still in the archive (apt-cache policy $name)? If not, update $packages." >&2
             exit 1
