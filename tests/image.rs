@@ -381,6 +381,10 @@ fn first_boot_chat_power_off_and_boot_again() {
     let disk = Disk::copy_of_image(Some(2 << 30));
     let (_, data_size_before) = disk.partition("data");
     disk.write_boot_file("authorized_keys", &public);
+    disk.write_boot_file(
+        "quince.toml",
+        "[system]\nhostname = \"chatbox\"\ntimezone = \"Europe/Berlin\"\n",
+    );
 
     let mut vm = Vm::boot(&disk, &key, false);
     let up = vm.wait_console("listening on");
@@ -425,6 +429,10 @@ fn first_boot_chat_power_off_and_boot_again() {
     let df = stdout(&vm.ssh("df -k /data | tail -1"));
     let kib: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(kib > 1_400_000, "the filesystem did not grow: {df}");
+
+    // The settings from the boot partition apply (the clock is UTC+1 in November).
+    let settings = vm.ssh("hostname; date -d @1795000000 +%Z");
+    assert_eq!(stdout(&settings), "chatbox\nCET\n", "{settings:?}");
 
     // SSH with the key from the boot partition works; the root fs is read-only.
     let out = vm.ssh("touch /probe");
@@ -523,7 +531,13 @@ fn first_boot_chat_power_off_and_boot_again() {
     let (clean, report) = disk.data_is_clean();
     assert!(clean, "e2fsck -fn after power-off:\n{report}");
 
-    // Boot again: the history is intact, no new invite.
+    // Boot again, now with a static address (the one QEMU's network expects):
+    // the history is intact, no new invite.
+    disk.write_boot_file(
+        "quince.toml",
+        "[system.network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\n\
+         gateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\n",
+    );
     let mut vm = Vm::boot_on(&disk, &key, false, ports);
     vm.wait_console("listening on");
     let (fingerprint_again, invite_again) = welcome(&disk);
@@ -546,6 +560,13 @@ fn first_boot_chat_power_off_and_boot_again() {
     };
     assert!(history.contains("hello from the host"), "{history}");
     assert!(history.contains("after the restart"), "{history}");
+    let status = disk.read_boot_file("quince-status.txt").unwrap();
+    assert!(status.contains("eth0 (static): 10.0.2.15/24"), "{status}");
+    assert!(status.contains("read without problems"), "{status}");
+    assert_eq!(
+        stdout(&vm.ssh("cat /etc/resolv.conf")),
+        "nameserver 10.0.2.3\n"
+    );
     vm.power_off();
     let (clean, report) = disk.data_is_clean();
     assert!(clean, "e2fsck -fn after the second power-off:\n{report}");

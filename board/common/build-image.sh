@@ -4,7 +4,8 @@
 #
 #   build-image.sh BOARD QUINCE_BINARY OUT_DIR
 #
-# OUT_DIR gets: quince-BOARD.img (write it to a disk), quince-BOARD.img.xz,
+# OUT_DIR gets: quince-BOARD.img (write it to a disk), quince-BOARD.img.xz
+# and its .sha256,
 # and the parts: vmlinuz, vmlinux (uncompressed, for fast QEMU boots),
 # initrd.img, root.erofs, cmdline.txt.
 set -eu
@@ -35,6 +36,7 @@ echo "==> disk image"
 image=$out/quince-$board_name.img
 "$here/make-disk.sh" "$board" "$out" "$image"
 xz -T0 -6 -k -f "$image"
+(cd "$out" && sha256sum "$(basename "$image").xz" >"$(basename "$image").xz.sha256")
 
 printf '%s  %s\n' \
     "$(du -h --apparent-size "$image" | cut -f1)" "$image" \

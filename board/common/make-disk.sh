@@ -15,15 +15,19 @@ set -eu
 
 board=$1 work=$2 out=$3
 . "$board/board.conf"
+# Fixed times and identifiers, so the same inputs give the same image bytes.
+# (mtools and mke2fs read these; mkfs.vfat has --invariant.)
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1704067200}
+export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 here=$(dirname "$0")
 overlay=$here/../../overlay
 
 # --- boot partition ---
 boot=$work/boot.vfat
 rm -f "$boot"
-mkfs.vfat -F 32 -n QUINCE -i 51c0b007 -C "$boot" $((BOOT_MIB * 1024)) >/dev/null
+mkfs.vfat --invariant -F 32 -n QUINCE -i 51c0b007 -C "$boot" $((BOOT_MIB * 1024)) >/dev/null
 m() { mmd -i "$boot" "$@"; }
-c() { mcopy -i "$boot" -m "$@"; }
+c() { mcopy -i "$boot" "$@"; }
 m ::EFI ::EFI/BOOT ::loader ::loader/entries
 c "$work/pkgroot/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::EFI/BOOT/BOOTX64.EFI
 c "$board/loader.conf" ::loader/loader.conf
@@ -40,7 +44,7 @@ data=$work/data.ext4
 rm -f "$data"
 mkdir -p "$work/data.d"
 mkfs.ext4 -q -F -L quince-data -U 6c8e6d2a-0f2b-4a8b-9b39-71a1c3e5f002 \
-    -E root_owner=0:0 -d "$work/data.d" "$data" "${DATA_MIB}M" >/dev/null
+    -E root_owner=0:0,hash_seed=6c8e6d2a-0f2b-4a8b-9b39-71a1c3e5f003 -d "$work/data.d" "$data" "${DATA_MIB}M" >/dev/null
 
 # --- GPT ---
 root_size=$(stat -c %s "$work/root.erofs")
