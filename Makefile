@@ -139,7 +139,14 @@ appliance-binary: deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --locked --profile appliance \
 	  --no-default-features --target $(RUST_TARGET) --bin quince
 
+IMAGE := $(IMAGE_DIR)/quince-$(BOARD).img
+IMAGE_INPUTS := $(shell find board/common board/$(BOARD) overlay -type f 2>/dev/null)
+
 image: image-deps appliance-binary
+	@$(MAKE) --no-print-directory $(IMAGE)
+
+# Rebuilt when the binary, a board file or the overlay changed.
+$(IMAGE): $(APPLIANCE_BIN) $(IMAGE_INPUTS)
 	PATH="$$PATH:/sbin:/usr/sbin" board/common/build-image.sh $(BOARD) $(APPLIANCE_BIN) $(IMAGE_DIR)
 
 # Boots a copy of the image (so the built image stays pristine) in QEMU.
@@ -147,14 +154,21 @@ QEMU_DISK ?= target/image/qemu-disk.img
 QEMU_DISK_SIZE ?= 2G
 QUIC_PORT ?= 4433
 SSH_PORT ?= 2222
+# Your SSH public key goes into the copy's authorized_keys.
+SSH_PUBKEY ?= $(firstword $(wildcard $(HOME)/.ssh/id_ed25519.pub $(HOME)/.ssh/id_ecdsa.pub $(HOME)/.ssh/id_rsa.pub))
 qemu: image
-	cp --sparse=always $(IMAGE_DIR)/quince-$(BOARD).img $(QEMU_DISK)
+	cp --sparse=always $(IMAGE) $(QEMU_DISK)
 	truncate -s $(QEMU_DISK_SIZE) $(QEMU_DISK)
-	@echo "Booting $(QEMU_DISK) (a $(QEMU_DISK_SIZE) disk). Once it is up:"
+	@echo "Booting $(QEMU_DISK) (a $(QEMU_DISK_SIZE) disk). Once it says 'listening on':"
 	@echo "  invite:  mtype -i $(QEMU_DISK)@@1M ::quince-welcome.txt"
 	@echo "  connect: quince register --server 127.0.0.1:$(QUIC_PORT) --invite TOKEN YOUR_NAME"
-	@echo "  ssh:     add your public key to authorized_keys first (mcopy), then ssh -p $(SSH_PORT) root@127.0.0.1"
-	@echo "  quit:    Ctrl-A X (or 'poweroff' over SSH)"
+	@if [ -n "$(SSH_PUBKEY)" ]; then \
+	  mcopy -o -i $(QEMU_DISK)@@1M $(SSH_PUBKEY) ::authorized_keys; \
+	  echo "  ssh:     ssh -p $(SSH_PORT) root@127.0.0.1   (key $(SSH_PUBKEY))"; \
+	else \
+	  echo "  ssh:     no ~/.ssh/id_*.pub found; make qemu SSH_PUBKEY=FILE to log in"; \
+	fi
+	@echo "  quit:    Ctrl-A X, or 'poweroff' over SSH"
 	QUIC_PORT=$(QUIC_PORT) SSH_PORT=$(SSH_PORT) board/$(BOARD)/qemu.sh $(IMAGE_DIR) $(QEMU_DISK)
 
 # The image tests boot QEMU one at a time: two emulated guests on two cores
