@@ -531,11 +531,13 @@ fn first_boot_chat_power_off_and_boot_again() {
     let (clean, report) = disk.data_is_clean();
     assert!(clean, "e2fsck -fn after power-off:\n{report}");
 
-    // Boot again, now with a static address (the one QEMU's network expects):
-    // the history is intact, no new invite.
+    // Boot again, now with a static address (the one QEMU's network expects)
+    // and a listen address this machine does not have: quince falls back to
+    // the default server options, the history is intact, no new invite.
     disk.write_boot_file(
         "quince.toml",
-        "[system.network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\n\
+        "listen = \"192.0.2.1:4433\"\n\
+         [system.network]\nmode = \"static\"\naddress = \"10.0.2.15/24\"\n\
          gateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\n",
     );
     let mut vm = Vm::boot_on(&disk, &key, false, ports);
@@ -560,6 +562,11 @@ fn first_boot_chat_power_off_and_boot_again() {
     };
     assert!(history.contains("hello from the host"), "{history}");
     assert!(history.contains("after the restart"), "{history}");
+    assert!(
+        vm.console().contains("failed to start 3 times"),
+        "{}",
+        vm.console()
+    );
     let status = disk.read_boot_file("quince-status.txt").unwrap();
     assert!(status.contains("eth0 (static): 10.0.2.15/24"), "{status}");
     assert!(status.contains("read without problems"), "{status}");
@@ -583,7 +590,9 @@ fn uefi_boot_with_invalid_settings_falls_back_to_dhcp() {
     // hands out 10.0.2.15 by DHCP) could not reach the guest.
     disk.write_boot_file(
         "quince.toml",
-        "[system]\nhostname = \"chat box\"\n[system.network]\nmode = \"static\"\naddress = \"192.168.7.300/24\"\n",
+        "cert = \"/boot/missing.pem\"\nkey = \"/boot/missing.key\"\n\
+         [system]\nhostname = \"chat box\"\n\
+         [system.network]\nmode = \"static\"\naddress = \"192.168.7.300/24\"\n",
     );
 
     let mut vm = Vm::boot(&disk, &key, true);
@@ -607,6 +616,12 @@ fn uefi_boot_with_invalid_settings_falls_back_to_dhcp() {
     );
     assert!(status.contains("system.hostname"), "{status}");
     assert!(status.contains("eth0 (dhcp): 10.0.2.15/24"), "{status}");
+    // A certificate that is not there: quince runs with the default server options.
+    assert!(
+        status.contains("server options in quince.toml do not work"),
+        "{status}"
+    );
+    assert!(status.contains("missing.pem"), "{status}");
 
     // Reachable over QUIC (the DHCP address) and booted through UEFI.
     let (fingerprint, invite) = welcome(&disk);

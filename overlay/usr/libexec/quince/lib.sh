@@ -31,3 +31,10 @@ disk_of() {
 mounted() {
     grep -q " $1 " /proc/mounts
 }
+
+# Drops the server options of the owner's quince.toml (they stopped quince
+# from starting) for the defaults, and opens the default port in the firewall.
+use_default_server_options() {
+    : >/run/quince/quince.toml
+    nft -D quic_port=4433 -f /etc/nftables.conf
+}
