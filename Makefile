@@ -7,6 +7,7 @@
 #   make bench   load scenarios against quince and Mosquitto; writes docs/BENCHMARKS.md
 #   make image   the appliance disk image (BOARD=qemu-x86_64) in target/image/BOARD/
 #   make qemu    boot that image in QEMU with QUIC and SSH forwarded to loopback
+#   make soak    50 power cuts of the image in QEMU under load (minutes; not in make test)
 #   make clean   remove build output (keeps ./quince-data)
 
 SHELL := /bin/bash
@@ -36,7 +37,7 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --n
 .DEFAULT_GOAL := build
 # The steps must run one after another even under `make -j`.
 .NOTPARALLEL:
-.PHONY: deps build run test $(TEST_STEPS) bench bench-deps clean image image-deps appliance-binary qemu
+.PHONY: deps build run test $(TEST_STEPS) bench bench-deps clean image image-deps appliance-binary qemu soak
 
 deps:
 	@if ! $(CARGO) --version >/dev/null 2>&1; then \
@@ -177,6 +178,12 @@ test-image: image-deps image
 	@echo "==> cargo test --test image (boots the image in QEMU)"
 	PATH="$$PATH:/sbin:/usr/sbin" QUINCE_IMAGE_DIR=$(IMAGE_DIR) \
 	  $(CARGO) test --locked --test image -- --ignored --nocapture --test-threads=1
+
+# `make test` makes 3 power cuts; this makes POWER_CUTS (each is a boot, ~20 s).
+POWER_CUTS ?= 50
+soak: image-deps image
+	PATH="$$PATH:/sbin:/usr/sbin" QUINCE_IMAGE_DIR=$(IMAGE_DIR) QUINCE_POWER_CUTS=$(POWER_CUTS) \
+	  $(CARGO) test --locked --test image power_cuts -- --ignored --nocapture
 
 clean:
 	$(CARGO) clean

@@ -30,6 +30,13 @@ pub struct Config {
     pub cache_mb: usize,
     /// Default lifetime of invites made by administrators, in hours.
     pub invite_ttl_hours: u64,
+    /// Hardware watchdog device to arm and pet while healthy (the appliance
+    /// uses `/dev/watchdog`). None: no watchdog. Off by default because a
+    /// watchdog reboots the whole machine when quince is killed and not
+    /// restarted, which is right for an appliance and wrong for a laptop.
+    pub watchdog: Option<PathBuf>,
+    /// Seconds without a pet before the hardware resets the machine.
+    pub watchdog_timeout_secs: u64,
     /// The appliance's system settings (network, host name, time). The server
     /// ignores them; the appliance's boot reads them with [`crate::system`].
     pub system: toml::Table,
@@ -47,6 +54,8 @@ impl Default for Config {
             max_connections: 25_000,
             cache_mb: 32,
             invite_ttl_hours: 24 * 7,
+            watchdog: None,
+            watchdog_timeout_secs: 15,
             system: toml::Table::new(),
         }
     }

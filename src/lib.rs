@@ -20,3 +20,4 @@ pub mod stream;
 pub mod system;
 pub mod tls;
 pub mod udp;
+pub mod watchdog;

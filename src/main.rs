@@ -66,6 +66,9 @@ struct ServeArgs {
     /// PEM private key of --cert.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// Hardware watchdog device to arm and pet while healthy [default: none].
+    #[arg(long)]
+    watchdog: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -120,12 +123,27 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     })
 }
 
+/// Logs go to stderr; stdout carries only what a person or script needs.
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log_level")?,
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in the appliance's log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
+}
+
 fn init(args: InitArgs) -> anyhow::Result<()> {
     let mut config = load_config(args.config.as_deref())?;
     if let Some(v) = args.data_dir {
         config.data_dir = v;
     }
     config.validate()?;
+    // Opening the store can mean repairing it after a power cut: say so.
+    init_logging(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -187,15 +205,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.cert = args.cert;
         config.key = args.key;
     }
+    if args.watchdog.is_some() {
+        config.watchdog = args.watchdog;
+    }
     config.validate()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&config.log_level).context("log_level")?,
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in the appliance's log.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.threads())
         .thread_name("quince-worker")

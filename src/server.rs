@@ -23,6 +23,7 @@ use crate::protocol::{ALPN, close};
 use crate::store::{Store, StoreError, WriteOp, WriteOutcome, WriterThread};
 use crate::tls::{self, TlsError};
 use crate::udp;
+use crate::watchdog::Watchdog;
 
 /// File in the data directory holding the first-start admin invite until it is used.
 pub const ADMIN_INVITE_FILE: &str = "admin-invite.txt";
@@ -72,6 +73,7 @@ pub struct Server {
     pub new_certificate: bool,
     /// The admin invite, when this start created it (empty data directory).
     pub admin_invite: Option<String>,
+    watchdog: Option<Watchdog>,
 }
 
 /// What [`prepare`] reports about a data directory.
@@ -144,6 +146,26 @@ impl Server {
             }
         })?;
 
+        let watchdog = config.watchdog.as_deref().and_then(|path| {
+            let timeout = Duration::from_secs(config.watchdog_timeout_secs);
+            // Serving without a watchdog beats not serving: a device that is
+            // missing or will not arm is reported, once, and left alone.
+            match Watchdog::open(path, timeout) {
+                Ok(Some(w)) => {
+                    tracing::info!(device = %path.display(), timeout_secs = w.timeout.as_secs(), "watchdog armed");
+                    Some(w)
+                }
+                Ok(None) => {
+                    tracing::warn!(device = %path.display(), "no watchdog device; running without one");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "running without a watchdog");
+                    None
+                }
+            }
+        });
+
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(State {
             store,
@@ -162,6 +184,7 @@ impl Server {
             fingerprint,
             new_certificate,
             admin_invite,
+            watchdog,
         })
     }
 
@@ -176,10 +199,15 @@ impl Server {
             state,
             writer,
             shutdown,
+            watchdog,
             ..
         } = self;
         let mut connections = JoinSet::new();
         let trimmer = tokio::spawn(return_free_memory());
+        let watchdog = watchdog.map(Arc::new);
+        let petter = watchdog
+            .clone()
+            .map(|w| tokio::spawn(pet_watchdog(w, state.store.clone())));
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -214,12 +242,21 @@ impl Server {
         endpoint.close(close::SHUTDOWN.into(), b"server shutting down");
         drop(state);
         let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
-        // The writer exits once the last store handle is gone, after committing its queue.
+        // The writer exits once the last store handle is gone, after committing
+        // its queue. The watchdog is petted until then.
         let _ = tokio::time::timeout(
             Duration::from_secs(10),
             tokio::task::spawn_blocking(move || writer.join()),
         )
         .await;
+        if let Some(petter) = petter {
+            petter.abort();
+            let _ = petter.await;
+        }
+        if let Some(watchdog) = watchdog.and_then(Arc::into_inner) {
+            watchdog.disarm();
+            tracing::info!("watchdog disarmed");
+        }
         tracing::info!("stopped");
     }
 }
@@ -280,6 +317,29 @@ async fn bootstrap_invite(store: &Store, dir: &Path) -> Result<Option<String>, S
                 let _ = std::fs::remove_file(&file);
             }
             Ok(None)
+        }
+    }
+}
+
+/// Pets the watchdog while the server is healthy: this task runs (the
+/// runtime answers) and the store's writer is not stuck in a commit.
+async fn pet_watchdog(watchdog: Arc<Watchdog>, store: Store) {
+    let mut tick = tokio::time::interval(watchdog.interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let limit = watchdog.timeout / 2;
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let stalled = store.stalled_for();
+        if store.writer_alive() && stalled.is_none_or(|d| d < limit) {
+            watchdog.pet();
+            warned = false;
+        } else if !warned {
+            tracing::error!(
+                stalled_ms = stalled.map(|d| d.as_millis() as u64),
+                "the store is not committing; no longer petting the watchdog, the machine will reset"
+            );
+            warned = true;
         }
     }
 }

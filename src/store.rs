@@ -329,6 +329,23 @@ pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
     writer: mpsc::Sender<Job>,
+    busy: Arc<WriterBusy>,
+}
+
+/// When the writer thread began the commit it is in, for the watchdog.
+#[derive(Default)]
+struct WriterBusy {
+    /// Milliseconds after `epoch` the current commit began; 0 when idle.
+    since_ms: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl WriterBusy {
+    fn now_ms(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(std::time::Instant::now);
+        // +1 so that a commit starting at the epoch is not read as idle.
+        epoch.elapsed().as_millis() as u64 + 1
+    }
 }
 
 /// Joins the writer thread once every [`Store`] handle is gone.
@@ -345,9 +362,22 @@ impl Store {
     /// Opens (or creates) the database file and starts the writer thread.
     /// `cache_bytes` bounds redb's page cache.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<(Store, WriterThread), StoreError> {
+        // After a crash or power cut redb checks and repairs the file before
+        // it opens; say so, and how long it took (it grows with the file).
+        let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = repaired.clone();
+        let started = std::time::Instant::now();
         let db = Database::builder()
             .set_cache_size(cache_bytes)
+            .set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed))
             .create(path)?;
+        if repaired.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                repair_ms = started.elapsed().as_millis() as u64,
+                file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+                "the database was not closed cleanly (crash or power cut); checked and repaired it"
+            );
+        }
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -385,15 +415,18 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer_db = db.clone();
+        let busy = Arc::new(WriterBusy::default());
+        let writer_busy = busy.clone();
         let handle = std::thread::Builder::new()
             .name("quince-writer".into())
-            .spawn(move || writer_loop(writer_db, rx))
+            .spawn(move || writer_loop(writer_db, rx, &writer_busy))
             .map_err(|e| StoreError::Db(redb::StorageError::Io(e).into()))?;
         Ok((
             Store {
                 db,
                 path: path.to_path_buf(),
                 writer: tx,
+                busy,
             },
             WriterThread(handle),
         ))
@@ -419,6 +452,23 @@ impl Store {
             .await?
             .await
             .map_err(|_| StoreError::Closed)?
+    }
+
+    /// How long the writer has been inside its current commit, or `None` when
+    /// it is waiting for work. A commit that takes seconds means the disk (or
+    /// the writer) is stuck; the watchdog stops petting then.
+    pub fn stalled_for(&self) -> Option<std::time::Duration> {
+        let since = self
+            .busy
+            .since_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        (since != 0)
+            .then(|| std::time::Duration::from_millis(self.busy.now_ms().saturating_sub(since)))
+    }
+
+    /// False once the writer thread has gone (it panicked or the store closed).
+    pub fn writer_alive(&self) -> bool {
+        !self.writer.is_closed()
     }
 
     /// Size of the database file in bytes.
@@ -697,7 +747,8 @@ fn readable(
     Ok((rec, m))
 }
 
-fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Job>) {
+fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Job>, busy: &WriterBusy) {
+    use std::sync::atomic::Ordering;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut cache = MembersCache::default();
     while let Some(first) = rx.blocking_recv() {
@@ -708,7 +759,10 @@ fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        match commit_batch(&db, &batch, &mut cache) {
+        busy.since_ms.store(busy.now_ms(), Ordering::Release);
+        let committed = commit_batch(&db, &batch, &mut cache);
+        busy.since_ms.store(0, Ordering::Release);
+        match committed {
             Ok(results) => {
                 for (job, result) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(result);
