@@ -242,17 +242,22 @@ impl Server {
         endpoint.close(close::SHUTDOWN.into(), b"server shutting down");
         drop(state);
         let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
-        // The writer exits once the last store handle is gone, after committing
-        // its queue. The watchdog is petted until then.
+        // Stop petting before the store closes (the petter holds a store
+        // handle, and the writer's exit is not a hang); one last pet gives the
+        // final commits a whole timeout.
+        if let Some(petter) = petter {
+            petter.abort();
+            let _ = petter.await;
+        }
+        if let Some(watchdog) = &watchdog {
+            watchdog.pet();
+        }
+        // The writer exits once the last store handle is gone, after committing its queue.
         let _ = tokio::time::timeout(
             Duration::from_secs(10),
             tokio::task::spawn_blocking(move || writer.join()),
         )
         .await;
-        if let Some(petter) = petter {
-            petter.abort();
-            let _ = petter.await;
-        }
         if let Some(watchdog) = watchdog.and_then(Arc::into_inner) {
             watchdog.disarm();
             tracing::info!("watchdog disarmed");
