@@ -325,6 +325,20 @@ impl User {
         stdout(&out)
     }
 
+    /// The conversation with `peer`, retrying while the server (just booted)
+    /// is not answering yet.
+    fn history_once_up(&self, peer: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.quince(&["history", peer]);
+            if out.status.success() {
+                return stdout(&out);
+            }
+            assert!(Instant::now() < deadline, "{out:?}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn register(&self, vm: &Vm, invite: &str, fingerprint: &str) {
         self.ok(&[
             "register",
@@ -556,15 +570,7 @@ fn first_boot_chat_power_off_and_boot_again() {
         invite_again, None,
         "a second admin invite after the first account"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let history = loop {
-        let out = bob.quince(&["history", "alice"]);
-        if out.status.success() {
-            break stdout(&out);
-        }
-        assert!(Instant::now() < deadline, "{out:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let history = bob.history_once_up("alice");
     assert!(history.contains("hello from the host"), "{history}");
     assert!(history.contains("after the restart"), "{history}");
     assert!(
@@ -699,15 +705,7 @@ fn watchdog_resets_a_frozen_quince_but_not_a_clean_stop() {
         "serving again {:.1} s after quince froze",
         frozen.elapsed().as_secs_f64()
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let history = loop {
-        let out = erin.quince(&["history", "dave"]);
-        if out.status.success() {
-            break stdout(&out);
-        }
-        assert!(Instant::now() < deadline, "{out:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let history = erin.history_once_up("dave");
     assert!(
         history.contains("acknowledged before the freeze"),
         "{history}"
