@@ -330,6 +330,7 @@ pub struct Store {
     path: PathBuf,
     writer: mpsc::Sender<Job>,
     busy: Arc<WriterBusy>,
+    repair: Option<std::time::Duration>,
 }
 
 /// When the writer thread began the commit it is in, for the watchdog.
@@ -371,9 +372,12 @@ impl Store {
             .set_cache_size(cache_bytes)
             .set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed))
             .create(path)?;
-        if repaired.load(std::sync::atomic::Ordering::Relaxed) {
+        let repair = repaired
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| started.elapsed());
+        if let Some(took) = repair {
             tracing::warn!(
-                repair_ms = started.elapsed().as_millis() as u64,
+                repair_ms = took.as_millis() as u64,
                 file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
                 "the database was not closed cleanly (crash or power cut); checked and repaired it"
             );
@@ -427,6 +431,7 @@ impl Store {
                 path: path.to_path_buf(),
                 writer: tx,
                 busy,
+                repair,
             },
             WriterThread(handle),
         ))
@@ -464,6 +469,12 @@ impl Store {
             .load(std::sync::atomic::Ordering::Acquire);
         (since != 0)
             .then(|| std::time::Duration::from_millis(self.busy.now_ms().saturating_sub(since)))
+    }
+
+    /// How long opening took when the file had to be checked and repaired
+    /// (it was not closed cleanly); `None` after a clean close.
+    pub fn repair_time(&self) -> Option<std::time::Duration> {
+        self.repair
     }
 
     /// False once the writer thread has gone (it panicked or the store closed).

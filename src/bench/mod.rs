@@ -33,6 +33,8 @@ pub enum Scenario {
     Reconnect,
     /// One device syncing many missed messages.
     CatchUp,
+    /// Opening the store after the server was killed, by database size.
+    Repair,
 }
 
 #[derive(clap::Args, Debug)]
@@ -176,6 +178,9 @@ pub async fn run(args: BenchArgs, profile: &str) -> anyhow::Result<()> {
     }
     if args.wants(Scenario::CatchUp) {
         report.scenarios.push(quince.catch_up().await?);
+    }
+    if args.wants(Scenario::Repair) && !args.remote {
+        report.scenarios.push(quince.repair().await?);
     }
 
     if args.json {

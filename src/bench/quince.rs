@@ -539,6 +539,77 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Scenario 7: opening the store after a crash (the server killed with
+    /// SIGKILL just after a write), by database size. After a power cut redb
+    /// checks and repairs the file before quince can serve, so on a box that
+    /// lost power this is part of the boot.
+    pub async fn repair(&self) -> anyhow::Result<ScenarioResult> {
+        let sizes: &[usize] = if self.quick {
+            &[10_000, 100_000]
+        } else {
+            &[10_000, 100_000, 1_000_000]
+        };
+        let endpoint = client::endpoint("127.0.0.1:0".parse()?)?;
+        let mut figures = vec![];
+        for &messages in sizes {
+            let name = format!("repair-{messages}");
+            let (server, seeded) = self.prepare(&name, 2, messages).await?;
+            // A commit after the server opened the file, then the crash.
+            let client = resume(&endpoint, server.addr, &seeded.tokens[0]).await?;
+            client
+                .send(
+                    Target::User(seeded.names[1].clone()),
+                    "before the crash",
+                    None,
+                )
+                .await?;
+            server.kill().await?;
+            let path = self.work_dir.join(&name).join(quince::server::DB_FILE);
+            let mib = std::fs::metadata(&path)?.len() as f64 / (1 << 20) as f64;
+            let (took, repair) = tokio::task::spawn_blocking(move || {
+                let start = Instant::now();
+                let (store, writer) = Store::open(&path, 64 << 20)?;
+                let took = start.elapsed();
+                let repair = store.repair_time();
+                drop(store);
+                writer.join();
+                anyhow::Ok((took, repair))
+            })
+            .await??;
+            if repair.is_none() {
+                bail!("repair: the store opened without a repair after SIGKILL");
+            }
+            eprintln!("repair: {messages} messages, {mib:.1} MiB: opened in {took:.2?}");
+            figures.push(Figure::new(
+                &format!("open after a crash, {messages} messages ({mib:.1} MiB)"),
+                took.as_secs_f64() * 1000.0,
+                "ms",
+            ));
+        }
+        Ok(ScenarioResult {
+            id: "repair".into(),
+            title: "store repair after a crash".into(),
+            system: "quince".into(),
+            params: self.params(&[(
+                "database sizes (messages)",
+                sizes
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )]),
+            figures,
+            steps: vec![],
+            notes: vec![
+                "The server is killed with SIGKILL right after a commit; the time is Store::open \
+                 on the same machine, which includes redb's check and repair of the whole file."
+                    .into(),
+            ],
+        })
+    }
+}
+
 /// Whether a step kept up (everything delivered, no errors), whatever its latency.
 fn sustained(p: Option<&RatePoint>, per_message: u64) -> bool {
     p.is_some_and(|p| p.held(per_message, f64::INFINITY))
@@ -780,6 +851,14 @@ impl Server {
         Rss {
             rss_kib: field("VmRSS:"),
             peak_kib: field("VmHWM:"),
+        }
+    }
+
+    /// Kills a child with SIGKILL (a crash) and waits for it to be gone.
+    async fn kill(self) -> anyhow::Result<()> {
+        match self.kind {
+            ServerKind::Child(mut child) => Ok(child.kill().await?),
+            ServerKind::Remote(_) => bail!("a remote server is not killed"),
         }
     }
 
