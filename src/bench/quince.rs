@@ -537,9 +537,7 @@ impl Bench {
             ],
         })
     }
-}
 
-impl Bench {
     /// Scenario 7: opening the store after a crash (the server killed with
     /// SIGKILL just after a write), by database size. After a power cut redb
     /// checks and repairs the file before quince can serve, so on a box that
