@@ -92,41 +92,66 @@ pub struct Prepared {
 /// can show the owner the fingerprint and invite before the server starts.
 pub async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
     let dir = &config.data_dir;
-    create_private_dir(dir)?;
-    let (store, writer) = Store::open(&dir.join(DB_FILE), config.cache_mb.max(1) * 1024 * 1024)?;
-    let configured = config.cert.as_deref().zip(config.key.as_deref());
-    let (identity, _) = tls::load_or_create(dir, configured)?;
-    let made = bootstrap_invite(&store, dir).await?;
-    drop(store);
-    tokio::task::spawn_blocking(move || writer.join())
+    let opened = DataDir::open(config).await?;
+    drop(opened.store);
+    tokio::task::spawn_blocking(move || opened.writer.join())
         .await
         .map_err(|e| ServerError::DataDir {
             path: dir.display().to_string(),
             source: std::io::Error::other(e),
         })?;
-    let pending_invite = made.or_else(|| {
+    let pending_invite = opened.admin_invite.or_else(|| {
         std::fs::read_to_string(dir.join(ADMIN_INVITE_FILE))
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
     });
     Ok(Prepared {
-        fingerprint: identity.fingerprint(),
+        fingerprint: opened.identity.fingerprint(),
         pending_invite,
     })
+}
+
+/// A data directory made ready: the store open, the certificate loaded or
+/// made, and the admin invite made if the store was empty.
+struct DataDir {
+    store: Store,
+    writer: WriterThread,
+    identity: tls::Identity,
+    new_certificate: bool,
+    admin_invite: Option<String>,
+}
+
+impl DataDir {
+    async fn open(config: &Config) -> Result<DataDir, ServerError> {
+        let dir = &config.data_dir;
+        create_private_dir(dir)?;
+        let (store, writer) =
+            Store::open(&dir.join(DB_FILE), config.cache_mb.max(1) * 1024 * 1024)?;
+        let configured = config.cert.as_deref().zip(config.key.as_deref());
+        let (identity, new_certificate) = tls::load_or_create(dir, configured)?;
+        let admin_invite = bootstrap_invite(&store, dir).await?;
+        Ok(DataDir {
+            store,
+            writer,
+            identity,
+            new_certificate,
+            admin_invite,
+        })
+    }
 }
 
 impl Server {
     /// Prepares the data directory, store and certificate, and binds the UDP socket.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let dir = config.data_dir.clone();
-        create_private_dir(&dir)?;
-        let (store, writer) =
-            Store::open(&dir.join(DB_FILE), config.cache_mb.max(1) * 1024 * 1024)?;
-        let configured = config.cert.as_deref().zip(config.key.as_deref());
-        let (identity, new_certificate) = tls::load_or_create(&dir, configured)?;
+        let DataDir {
+            store,
+            writer,
+            identity,
+            new_certificate,
+            admin_invite,
+        } = DataDir::open(&config).await?;
         let fingerprint = identity.fingerprint();
-        let admin_invite = bootstrap_invite(&store, &dir).await?;
 
         let mut crypto = rustls::ServerConfig::builder_with_provider(tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])

@@ -334,18 +334,16 @@ pub struct Store {
 }
 
 /// When the writer thread began the commit it is in, for the watchdog.
-#[derive(Default)]
 struct WriterBusy {
     /// Milliseconds after `epoch` the current commit began; 0 when idle.
     since_ms: std::sync::atomic::AtomicU64,
-    epoch: std::sync::OnceLock<std::time::Instant>,
+    epoch: std::time::Instant,
 }
 
 impl WriterBusy {
     fn now_ms(&self) -> u64 {
-        let epoch = self.epoch.get_or_init(std::time::Instant::now);
         // +1 so that a commit starting at the epoch is not read as idle.
-        epoch.elapsed().as_millis() as u64 + 1
+        self.epoch.elapsed().as_millis() as u64 + 1
     }
 }
 
@@ -419,7 +417,10 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer_db = db.clone();
-        let busy = Arc::new(WriterBusy::default());
+        let busy = Arc::new(WriterBusy {
+            since_ms: Default::default(),
+            epoch: std::time::Instant::now(),
+        });
         let writer_busy = busy.clone();
         let handle = std::thread::Builder::new()
             .name("quince-writer".into())

@@ -155,22 +155,28 @@ fn read_system(
     problems: &mut Vec<String>,
 ) {
     for (key, value) in table {
-        let result = match key.as_str() {
-            "hostname" => hostname(value).map(|h| system.hostname = h),
-            "timezone" => timezone(value, zoneinfo).map(|t| system.timezone = t),
-            "ntp_servers" => ntp_servers(value).map(|n| system.ntp_servers = n),
-            "network" => network(value).map(|n| system.network = n),
-            _ => Err("unknown setting (ignored)".to_string()),
+        // Each setting: read it, or say what it falls back to.
+        let (result, fallback) = match key.as_str() {
+            "hostname" => (
+                hostname(value).map(|h| system.hostname = h),
+                format!("; using \"{DEFAULT_HOSTNAME}\""),
+            ),
+            "timezone" => (
+                timezone(value, zoneinfo).map(|t| system.timezone = t),
+                format!("; using {DEFAULT_TIMEZONE}"),
+            ),
+            "ntp_servers" => (
+                ntp_servers(value).map(|n| system.ntp_servers = n),
+                format!("; using {}", DEFAULT_NTP.join(", ")),
+            ),
+            "network" => (
+                network(value).map(|n| system.network = n),
+                "; using DHCP".to_string(),
+            ),
+            _ => (Err("unknown setting (ignored)".to_string()), String::new()),
         };
         if let Err(e) = result {
-            let default = match key.as_str() {
-                "hostname" => format!("; using \"{DEFAULT_HOSTNAME}\""),
-                "timezone" => format!("; using {DEFAULT_TIMEZONE}"),
-                "ntp_servers" => format!("; using {}", DEFAULT_NTP.join(", ")),
-                "network" => "; using DHCP".to_string(),
-                _ => String::new(),
-            };
-            problems.push(format!("system.{key}: {e}{default}"));
+            problems.push(format!("system.{key}: {e}{fallback}"));
         }
     }
 }

@@ -19,18 +19,23 @@ mkdir -p "$cache"
 rm -rf "$dest"
 mkdir -p "$dest"
 
+# The cached file of name=version, for this architecture or "all"; apt names
+# files name_version_arch.deb with the epoch colon escaped.
+cached() {
+    file_version=$(printf '%s' "$2" | sed 's/:/%3a/')
+    for a in "$arch" all; do
+        if [ -f "$cache/${1}_${file_version}_$a.deb" ]; then
+            echo "$cache/${1}_${file_version}_$a.deb"
+            return 0
+        fi
+    done
+    return 1
+}
+
 grep -v '^[[:space:]]*\(#\|$\)' "$packages" | while read -r spec; do
     name=${spec%%=*}
     version=${spec#*=}
-    # apt names files name_version_arch.deb with the epoch colon escaped.
-    file_version=$(printf '%s' "$version" | sed 's/:/%3a/')
-    deb=""
-    for a in "$arch" all; do
-        if [ -f "$cache/${name}_${file_version}_$a.deb" ]; then
-            deb="$cache/${name}_${file_version}_$a.deb"
-        fi
-    done
-    if [ -z "$deb" ]; then
+    if ! deb=$(cached "$name" "$version"); then
         echo "  downloading $name=$version ($arch)"
         # A machine whose package lists are missing or older than the pin
         # gets one `apt-get update` (as root) before giving up.
@@ -41,12 +46,8 @@ grep -v '^[[:space:]]*\(#\|$\)' "$packages" | while read -r spec; do
             echo "  Is it still in the archive (apt-cache policy $name)? If not, update $packages." >&2
             exit 1
         fi
-        for a in "$arch" all; do
-            if [ -f "$cache/${name}_${file_version}_$a.deb" ]; then
-                deb="$cache/${name}_${file_version}_$a.deb"
-            fi
-        done
-        [ -n "$deb" ] || { echo "error: apt-get download gave no file for $name=$version" >&2; exit 1; }
+        deb=$(cached "$name" "$version") ||
+            { echo "error: apt-get download gave no file for $name=$version" >&2; exit 1; }
     fi
     dpkg-deb -x "$deb" "$dest"
 done
