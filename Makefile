@@ -37,7 +37,7 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --n
 .DEFAULT_GOAL := build
 # The steps must run one after another even under `make -j`.
 .NOTPARALLEL:
-.PHONY: deps build run test $(TEST_STEPS) bench bench-deps clean image image-deps appliance-binary qemu soak
+.PHONY: deps test-deps build run test $(TEST_STEPS) bench bench-deps clean image image-deps appliance-binary qemu soak
 
 deps:
 	@if ! $(CARGO) --version >/dev/null 2>&1; then \
@@ -92,7 +92,16 @@ clippy:
 	  echo "warning: clippy is not installed; lints SKIPPED (rustup component add clippy)" >&2; \
 	fi
 
-cargo-test:
+# The power-loss tests talk to a real Network UPS Tools server (upsd with
+# the dummy-ups driver), on the host and from the image in QEMU.
+test-deps:
+	@if [ ! -x /lib/nut/dummy-ups ]; then \
+	  echo "installing nut-server (the UPS server the power tests use)"; \
+	  $(SUDO) apt-get update -qq; \
+	  $(APT_INSTALL) nut-server; \
+	fi
+
+cargo-test: test-deps
 	@echo "==> cargo test --locked"
 	$(CARGO) test --locked
 
@@ -174,7 +183,7 @@ qemu: image
 
 # The image tests boot QEMU one at a time: two emulated guests on two cores
 # would each run at half speed.
-test-image: image-deps image
+test-image: image-deps test-deps image
 	@echo "==> cargo test --test image (boots the image in QEMU)"
 	PATH="$$PATH:/sbin:/usr/sbin" QUINCE_IMAGE_DIR=$(IMAGE_DIR) \
 	  $(CARGO) test --locked --test image -- --ignored --nocapture --test-threads=1

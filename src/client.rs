@@ -29,11 +29,11 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::{
     self, ALPN, ConvList, Created, Done, ErrorBody, ErrorCode, Event, Invite, MID_LEN, Members,
-    Message, Page, Reply, Request, Role, SendAck, Session, Status, Target, Users,
+    Message, Page, PowerNotice, Reply, Request, Role, SendAck, Session, Status, Target, Users,
 };
 use crate::stream::{self, FrameReader};
 use crate::tls::PinVerifier;
@@ -107,6 +107,8 @@ struct Inner {
     /// Per-conversation cursors of the subscribed inbox, shared so that `send`
     /// can move past this device's own messages.
     cursors: Mutex<Option<HashMap<u64, u64>>>,
+    /// The server's power state, from its `power` events.
+    power: watch::Sender<PowerNotice>,
 }
 
 /// A connection to a quince server.
@@ -198,6 +200,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             device: AtomicU64::new(0),
             cursors: Mutex::new(None),
+            power: watch::Sender::new(PowerNotice::default()),
         });
         Ok(Client {
             inner,
@@ -480,9 +483,10 @@ impl Client {
         // The event stream reaches us with the first event the server writes
         // on it, so it is awaited in the background rather than here.
         let conn = self.inner.conn.clone();
+        let power = self.inner.power.clone();
         tokio::spawn(async move {
             if let Ok(events) = conn.accept_uni().await {
-                read_events(events, raw_tx).await;
+                read_events(events, raw_tx, power).await;
             }
         });
         let inbox = Inbox {
@@ -491,6 +495,14 @@ impl Client {
         };
         tokio::spawn(inbox.run(initial, raw_rx));
         Ok(rx)
+    }
+
+    /// The server's power state: `online` until the server says otherwise.
+    /// Updated from the event stream, so only after [`Client::subscribe`].
+    /// On battery, `shutdown_in_secs` says how long the server has left;
+    /// an app can warn its user that sending will soon fail for a while.
+    pub fn power(&self) -> watch::Receiver<PowerNotice> {
+        self.inner.power.subscribe()
     }
 
     /// Closes the connection politely and waits (briefly) until the server
@@ -608,7 +620,11 @@ async fn read_replies(recv: quinn::RecvStream, pending: Pending) {
     pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
-async fn read_events(recv: quinn::RecvStream, out: mpsc::Sender<Message>) {
+async fn read_events(
+    recv: quinn::RecvStream,
+    out: mpsc::Sender<Message>,
+    power: watch::Sender<PowerNotice>,
+) {
     let mut recv = FrameReader::new(recv);
     while let Ok(Some(body)) = recv.next().await {
         match protocol::decode_event(&body) {
@@ -616,6 +632,9 @@ async fn read_events(recv: quinn::RecvStream, out: mpsc::Sender<Message>) {
                 if out.send(m).await.is_err() {
                     return;
                 }
+            }
+            Ok(Event::Power(notice)) => {
+                power.send_replace(notice);
             }
             // Unknown event types are skipped, as the protocol asks.
             Err(e) => tracing::debug!(error = %e, "skipping an event this client does not know"),

@@ -37,6 +37,8 @@ pub struct Config {
     pub watchdog: Option<PathBuf>,
     /// Seconds without a pet before the hardware resets the machine.
     pub watchdog_timeout_secs: u64,
+    /// UPS and power-loss handling (the `[power]` table).
+    pub power: crate::power::PowerConfig,
     /// The appliance's system settings (network, host name, time). The server
     /// ignores them; the appliance's boot reads them with [`crate::system`].
     pub system: toml::Table,
@@ -56,6 +58,7 @@ impl Default for Config {
             invite_ttl_hours: 24 * 7,
             watchdog: None,
             watchdog_timeout_secs: 15,
+            power: Default::default(),
             system: toml::Table::new(),
         }
     }

@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::auth::{self, ThrottleKey};
 use crate::protocol::{
     self, ConvList, Created, Done, ErrorBody, ErrorCode, Event, FrameError, Invite, MAX_EXT,
-    MAX_TEXT, MID_LEN, Request, Role, Session, Status, Target, Users, close,
+    MAX_TEXT, MID_LEN, PowerState, Request, Role, Session, Status, Target, Users, close,
 };
 use crate::server::State;
 use crate::store::{MAX_GROUP_MEMBERS, StoreError, WriteOp, WriteOutcome};
@@ -406,7 +406,14 @@ impl Connection {
         else {
             return refuse(ErrorCode::Internal, "unexpected store answer");
         };
-        let (conn_id, events) = self.state.hub.register(user, device, self.conn.clone());
+        // A device that logs in while the server is on battery hears it at once.
+        let power = self.state.power_notice();
+        let first = (power.state != PowerState::Online)
+            .then(|| Bytes::from(protocol::encode_event(&Event::Power(power))));
+        let (conn_id, events) = self
+            .state
+            .hub
+            .register(user, device, self.conn.clone(), first);
         tokio::spawn(forward_events(self.conn.clone(), events));
         tracing::debug!(remote = %self.remote, user = username, device, "logged in");
         let session = Session {
@@ -807,6 +814,7 @@ async fn read(state: &State, auth: &Auth, id: u64, request: Request) -> Reply {
                     memory_total_bytes: machine.total_memory_bytes,
                     load_average: machine.load_average,
                     temperature_c: machine.temperature_c,
+                    power: state.power_notice(),
                 },
             )
         }

@@ -33,15 +33,20 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Adds a logged-in connection; the receiver yields its event frames.
+    /// Adds a logged-in connection; the receiver yields its event frames,
+    /// starting with `first` (news the device needs now, such as "on battery").
     pub fn register(
         &self,
         user: u64,
         device: u64,
         conn: quinn::Connection,
+        first: Option<Bytes>,
     ) -> (u64, mpsc::Receiver<Bytes>) {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        if let Some(frame) = first {
+            let _ = tx.try_send(frame);
+        }
         let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
         users.entry(user).or_default().push(Online {
             conn_id,
@@ -83,6 +88,16 @@ impl Hub {
                     );
                 }
             }
+        }
+    }
+
+    /// Queues `frame` for every online device (server-wide news such as a
+    /// power loss). A device with a full queue simply misses it: it is
+    /// being disconnected for reading too slowly anyway.
+    pub fn broadcast(&self, frame: Bytes) {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        for online in users.values().flatten() {
+            let _ = online.events.try_send(frame.clone());
         }
     }
 

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod power;
 pub mod protocol;
 pub mod server;
 pub mod status;

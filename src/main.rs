@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use quince::config::Config;
-use quince::server::Server;
+use quince::server::{Server, Stopped};
 
 #[derive(Parser)]
 #[command(
@@ -215,7 +215,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("quince-worker")
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let stopped = runtime.block_on(async move {
         let threads = config.threads();
         let server = Server::bind(config.clone()).await?;
         let addr = server.local_addr()?;
@@ -239,9 +239,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 client_addr(addr)
             );
         }
-        server.run(shutdown_signal()).await;
-        anyhow::Ok(())
-    })
+        anyhow::Ok(server.run(shutdown_signal()).await)
+    })?;
+    if stopped == Stopped::PowerLoss {
+        // Every commit is already on disk (redb syncs each one); this flushes
+        // the rest of the system's dirty pages too before the power goes.
+        nix::unistd::sync();
+        println!("stopped for a power loss; power the machine off now");
+        std::process::exit(quince::server::EXIT_POWER_OFF);
+    }
+    Ok(())
 }
 
 /// An address a local client can dial: the unspecified address becomes loopback.

@@ -401,6 +401,9 @@ pub struct Status {
     pub load_average: [f64; 3],
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature_c: Option<f32>,
+    /// Power as the UPS reports it (`online` without one).
+    #[serde(default)]
+    pub power: PowerNotice,
 }
 
 /// An empty result (`{}`), for requests that only succeed or fail.
@@ -413,6 +416,33 @@ pub struct Done {}
 pub enum Event {
     /// A new message in one of the user's conversations.
     Message(Message),
+    /// The server's power changed (it runs on a UPS battery, the mains came
+    /// back, or it is about to shut down).
+    Power(PowerNotice),
+}
+
+/// Where the server's power comes from. Ordered: a later state is worse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerState {
+    /// Mains power (or no UPS is watched).
+    #[default]
+    Online,
+    /// The UPS runs on its battery; the server will shut down after a grace time.
+    OnBattery,
+    /// The battery is nearly empty (or the UPS ordered a shutdown).
+    LowBattery,
+    /// The server takes no more writes and is about to stop.
+    ShuttingDown,
+}
+
+/// The `power` event, and the power half of `admin_status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerNotice {
+    pub state: PowerState,
+    /// Seconds until the server shuts down, while on battery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_in_secs: Option<u64>,
 }
 
 /// Why a frame could not be read.

@@ -19,7 +19,8 @@ use crate::auth::{self, Throttle};
 use crate::config::Config;
 use crate::connection;
 use crate::hub::Hub;
-use crate::protocol::{ALPN, close};
+use crate::power::{Decision, Monitor};
+use crate::protocol::{ALPN, Event, PowerNotice, PowerState, close, encode_event};
 use crate::store::{Store, StoreError, WriteOp, WriteOutcome, WriterThread};
 use crate::tls::{self, TlsError};
 use crate::udp;
@@ -59,7 +60,55 @@ pub struct State {
     pub started: Instant,
     pub connections: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
+    /// The power state and, on battery, when the server will shut down.
+    power: std::sync::Mutex<(PowerState, Option<tokio::time::Instant>)>,
 }
+
+impl State {
+    /// The power state as clients are told it.
+    pub fn power_notice(&self) -> PowerNotice {
+        let (state, deadline) = *self.power.lock().unwrap_or_else(|e| e.into_inner());
+        PowerNotice {
+            state,
+            shutdown_in_secs: deadline.map(|d| {
+                d.saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs()
+            }),
+        }
+    }
+
+    /// Records a new power state and tells every online device.
+    fn set_power(&self, state: PowerState, shutdown_in: Option<Duration>) {
+        let deadline = shutdown_in.map(|d| tokio::time::Instant::now() + d);
+        *self.power.lock().unwrap_or_else(|e| e.into_inner()) = (state, deadline);
+        let notice = PowerNotice {
+            state,
+            shutdown_in_secs: shutdown_in.map(|d| d.as_secs()),
+        };
+        self.hub
+            .broadcast(encode_event(&Event::Power(notice)).into());
+    }
+}
+
+/// Why [`Server::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The stop future resolved (SIGTERM, SIGINT, a test).
+    Requested,
+    /// The UPS battery is running out (or the grace time on battery did):
+    /// the machine should be powered off. `quince serve` then exits with
+    /// [`EXIT_POWER_OFF`].
+    PowerLoss,
+}
+
+/// Exit status of `quince serve` after a power-loss shutdown: everything is
+/// committed and synced, and whoever supervises quince (the appliance's
+/// `quince-service`) should power the machine off now.
+pub const EXIT_POWER_OFF: i32 = 3;
+
+/// Between refusing writes and closing connections on a power loss: long
+/// enough for clients to hear "shutting down" rather than a dropped connection.
+const POWER_OFF_NOTICE: Duration = Duration::from_secs(1);
 
 /// A bound, ready server.
 pub struct Server {
@@ -200,6 +249,7 @@ impl Server {
             started: Instant::now(),
             connections: AtomicU64::new(0),
             shutdown: shutdown_rx,
+            power: Default::default(),
         });
         Ok(Server {
             endpoint,
@@ -217,8 +267,9 @@ impl Server {
         self.endpoint.local_addr()
     }
 
-    /// Serves until `stop` resolves, then shuts down cleanly.
-    pub async fn run(self, stop: impl Future<Output = ()>) {
+    /// Serves until `stop` resolves or the UPS says the power is running out,
+    /// then shuts down cleanly.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> Stopped {
         let Server {
             endpoint,
             state,
@@ -233,10 +284,25 @@ impl Server {
         let petter = watchdog
             .clone()
             .map(|w| tokio::spawn(pet_watchdog(w, state.store.clone())));
+        let mut power = Monitor::start(&state.config.power);
+        let mut stopped = Stopped::Requested;
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                decision = power.next() => match decision {
+                    Decision::Changed { state: now, shutdown_in } => {
+                        state.set_power(now, shutdown_in);
+                    }
+                    Decision::ShutDown(reason) => {
+                        tracing::warn!(?reason, "power is running out: no more writes; shutting down");
+                        state.store.close_writes();
+                        state.set_power(PowerState::ShuttingDown, None);
+                        tokio::time::sleep(POWER_OFF_NOTICE).await;
+                        stopped = Stopped::PowerLoss;
+                        break;
+                    }
+                },
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     if connections.len() >= state.config.max_connections {
@@ -288,6 +354,7 @@ impl Server {
             tracing::info!("watchdog disarmed");
         }
         tracing::info!("stopped");
+        stopped
     }
 }
 

@@ -331,6 +331,8 @@ pub struct Store {
     writer: mpsc::Sender<Job>,
     busy: Arc<WriterBusy>,
     repair: Option<std::time::Duration>,
+    /// Set when the server stops taking writes ahead of a shutdown.
+    writes_closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// When the writer thread began the commit it is in, for the watchdog.
@@ -433,6 +435,7 @@ impl Store {
                 writer: tx,
                 busy,
                 repair,
+                writes_closed: Default::default(),
             },
             WriterThread(handle),
         ))
@@ -444,12 +447,27 @@ impl Store {
         &self,
         op: WriteOp,
     ) -> Result<oneshot::Receiver<Result<WriteOutcome, StoreError>>, StoreError> {
+        if self
+            .writes_closed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(StoreError::Closed);
+        }
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(Job { op, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(rx)
+    }
+
+    /// Refuses every write queued from now on (they fail with
+    /// [`StoreError::Closed`]); writes already queued are still committed.
+    /// Used before a power-loss shutdown, so clients hear "shutting down"
+    /// while the connections are still open.
+    pub fn close_writes(&self) {
+        self.writes_closed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Queues a write and waits for its commit.

@@ -2,6 +2,8 @@
 //! redb file in a temporary directory, and connects real clients to it.
 #![allow(dead_code)]
 
+pub mod nut;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,10 +30,23 @@ impl TestServer {
     }
 
     pub fn start_on(dir: &Path, listen: SocketAddr) -> TestServer {
+        Self::launch(dir, listen, &[])
+    }
+
+    /// Starts a server with `options` (TOML) as its configuration file.
+    pub fn start_with(dir: &Path, options: &str) -> TestServer {
+        let file = dir.with_extension("toml");
+        std::fs::write(&file, options).expect("write the configuration");
+        let config = ["--config", file.to_str().expect("UTF-8 path")];
+        Self::launch(dir, "127.0.0.1:0".parse().unwrap(), &config)
+    }
+
+    fn launch(dir: &Path, listen: SocketAddr, extra: &[&str]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quince"))
             .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
             .arg(dir)
             .args(["--log-level", "warn"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -77,6 +92,22 @@ impl TestServer {
     pub fn terminate(mut self) -> std::process::ExitStatus {
         unsafe_kill(self.child.id(), "TERM");
         self.child.wait().expect("wait for quince")
+    }
+
+    /// The exit status, if the server exits within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait for quince") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn signal(&self, signal: &str) {
+        unsafe_kill(self.child.id(), signal);
     }
 
     pub fn pid(&self) -> u32 {
