@@ -127,6 +127,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses() {
+        let c: Config = toml::from_str(include_str!("../quince.example.toml")).unwrap();
+        assert_eq!(c.power.grace_secs, 120);
+        assert!(c.power.sigpwr);
+    }
+
+    #[test]
     fn unknown_option_is_an_error() {
         assert!(toml::from_str::<Config>("lissen = \"x\"").is_err());
     }

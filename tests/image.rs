@@ -932,3 +932,220 @@ fn power_cuts_lose_no_acknowledged_message() {
         "e2fsck -fn after {cuts} power cuts and a power-off:\n{report}"
     );
 }
+
+#[path = "common/nut.rs"]
+mod nut;
+
+/// The UPS says the battery is low, or SIGPWR says the power failed: quince
+/// refuses writes, stops, and the appliance powers itself off cleanly; every
+/// acknowledged message is there at the next boot. The UPS is a real Network
+/// UPS Tools server (upsd with dummy-ups) on the host, which the guest
+/// reaches at QEMU's host address 10.0.2.2.
+#[test]
+#[ignore = "boots the appliance image in QEMU; run by `make test-image`"]
+fn ups_low_battery_and_sigpwr_power_the_appliance_off() {
+    use quince::client::{Client, Trust};
+    use quince::protocol::{Body, ErrorCode, PowerState, Target};
+
+    let grace = 5;
+    let mut ups = nut::Ups::start(std::net::Ipv4Addr::LOCALHOST);
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_key(keys.path());
+    let disk = Disk::copy_of_image(None);
+    disk.write_boot_file("authorized_keys", &public);
+    disk.write_boot_file(
+        "quince.toml",
+        &format!(
+            "[power]\nnut = \"10.0.2.2:{}\"\nnut_ups = \"{}\"\ngrace_secs = {grace}\n",
+            ups.addr.port(),
+            nut::UPS_NAME
+        ),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut vm = Vm::boot(&disk, &key, false);
+    vm.wait_console("listening on");
+    vm.wait_console("watching the UPS");
+    let ports = (vm.quic_port, vm.ssh_port, vm.closed_port);
+    let (fingerprint, invite) = welcome(&disk);
+    let addr: std::net::SocketAddr = vm.server().parse().unwrap();
+    let connect = || Client::connect(addr, Trust::Pinned(fingerprint.clone()));
+    let (alice, bob) = runtime.block_on(async {
+        let alice = connect().await.unwrap();
+        alice
+            .register(
+                &invite.expect("invite"),
+                "alice",
+                "alice-password-1234",
+                "t",
+            )
+            .await
+            .unwrap();
+        let bob_invite = alice
+            .admin_invite(quince::protocol::Role::Member, None)
+            .await
+            .unwrap();
+        let bob = connect().await.unwrap();
+        let session = bob
+            .register(&bob_invite.token, "bob", "bob-password-1234", "t")
+            .await
+            .unwrap();
+        (alice, session.token.expect("token"))
+    });
+
+    // alice sends to bob until a send is refused; returns (acknowledged, refusal).
+    let sender = |alice: Client, phase: &'static str| {
+        runtime.spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                let text = format!("{phase} {i}");
+                match alice.send(Target::User("bob".into()), &text, None).await {
+                    Ok(_) => acked.push(text),
+                    Err(e) => return (acked, e.code()),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            unreachable!()
+        })
+    };
+    // bob's view of the whole conversation, once the server answers.
+    let stored = |bob_token: &str| -> Vec<String> {
+        runtime.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let bob = loop {
+                match connect().await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "no server: {e}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            };
+            bob.resume(bob_token).await.unwrap();
+            let conv = bob.conversations().await.unwrap().conversations[0].conv;
+            let (mut texts, mut after) = (Vec::new(), 0);
+            loop {
+                let page = bob.history(conv, Some(after), None, 500).await.unwrap();
+                for m in &page.messages {
+                    if let Body::Text { text, .. } = &m.body {
+                        texts.push(text.clone());
+                    }
+                    after = m.seq;
+                }
+                if !page.more {
+                    return texts;
+                }
+            }
+        })
+    };
+    let wait_power_off = |vm: &mut Vm, what: &str| -> Duration {
+        let since = Instant::now();
+        loop {
+            if let Some(status) = vm.child.try_wait().unwrap() {
+                assert!(status.success(), "QEMU: {status}");
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(90),
+                "no power-off 90 s after {what}:\n{}",
+                vm.console()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // 1. NUT: on battery, then back within the grace time: events, no shutdown.
+    let watcher = runtime.block_on(async {
+        let c = connect().await.unwrap();
+        c.resume(&bob).await.unwrap();
+        let inbox = c.subscribe().await.unwrap();
+        (c, inbox)
+    });
+    let mut power = watcher.0.power();
+    let wait_power = |power: &mut tokio::sync::watch::Receiver<_>, state: PowerState| {
+        runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                power.wait_for(|p: &quince::protocol::PowerNotice| p.state == state),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("no {state:?} event"))
+            .unwrap()
+            .clone()
+        })
+    };
+    let sending = sender(alice, "ups");
+    ups.switch("OB DISCHRG");
+    let notice = wait_power(&mut power, PowerState::OnBattery);
+    assert!(
+        notice.shutdown_in_secs.is_some_and(|s| s <= grace),
+        "{notice:?}"
+    );
+    ups.switch("OL");
+    wait_power(&mut power, PowerState::Online);
+    std::thread::sleep(Duration::from_secs(grace + 3));
+    assert!(
+        vm.child.try_wait().unwrap().is_none(),
+        "the appliance powered off although the power came back"
+    );
+
+    // Low battery: writes refused, quince stops, the machine powers off.
+    ups.switch("OB LB");
+    let took = wait_power_off(&mut vm, "low battery");
+    println!(
+        "UPS low battery to power-off: {:.1} s (upsd poll 2 s)",
+        took.as_secs_f64()
+    );
+    let console = vm.console();
+    assert!(console.contains("stopped for a power loss"), "{console}");
+    assert!(console.contains("reboot: Power down"), "{console}");
+    let (acked, refusal) = runtime.block_on(sending).unwrap();
+    assert_eq!(refusal, Some(ErrorCode::ShuttingDown));
+    assert!(acked.len() > 20, "{} acknowledged", acked.len());
+    let (clean, report) = disk.data_is_clean();
+    assert!(clean, "e2fsck -fn after the UPS power-off:\n{report}");
+    drop(vm);
+
+    // 2. Power back; the next boot has every acknowledged message. Then SIGPWR
+    // (SysV style: "FAIL" in /run/powerstatus) and the grace time runs out.
+    ups.switch("OL");
+    let mut vm = Vm::boot_on(&disk, &key, false, ports);
+    vm.wait_console("listening on");
+    let texts = stored(&bob);
+    assert_eq!(
+        texts[..acked.len()],
+        acked[..],
+        "lost after the UPS power-off"
+    );
+    let alice = runtime.block_on(async {
+        let c = connect().await.unwrap();
+        c.login("alice", "alice-password-1234", "t2").await.unwrap();
+        c
+    });
+    let sending = sender(alice, "sigpwr");
+    std::thread::sleep(Duration::from_secs(1));
+    let out = vm.ssh("echo FAIL > /run/powerstatus && kill -PWR $(pidof quince)");
+    assert!(out.status.success(), "{out:?}");
+    let took = wait_power_off(&mut vm, "SIGPWR");
+    println!(
+        "SIGPWR to power-off with a {grace} s grace time: {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(took >= Duration::from_secs(grace), "{took:?}");
+    let (acked2, refusal) = runtime.block_on(sending).unwrap();
+    assert_eq!(refusal, Some(ErrorCode::ShuttingDown));
+    let (clean, report) = disk.data_is_clean();
+    assert!(clean, "e2fsck -fn after the SIGPWR power-off:\n{report}");
+    drop(vm);
+
+    let mut vm = Vm::boot_on(&disk, &key, false, ports);
+    vm.wait_console("listening on");
+    let texts = stored(&bob);
+    for text in acked.iter().chain(&acked2) {
+        assert_eq!(
+            texts.iter().filter(|t| *t == text).count(),
+            1,
+            "{text} not stored exactly once"
+        );
+    }
+    vm.power_off();
+}
