@@ -35,6 +35,8 @@ const NUT_POLL: Duration = Duration::from_secs(2);
 const NUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a GPIO wait lasts before the line's level is read again anyway.
 const GPIO_RECHECK: Duration = Duration::from_secs(1);
+/// How often a GPIO chip that cannot be opened is tried again.
+const GPIO_RETRY: Duration = Duration::from_secs(5);
 
 /// Power options of `quince serve` (the `[power]` table).
 #[derive(Debug, Clone, Deserialize)]
@@ -331,8 +333,30 @@ async fn poll_nut(
 /// Watches a GPIO line on a thread of its own (the character device's waits
 /// are blocking calls). Requests the line as an input with edge events, and
 /// reads its level after every edge and at least every [`GPIO_RECHECK`], so
-/// a missed edge costs a second, not a shutdown.
+/// a missed edge costs a second, not a shutdown. A chip that is not there
+/// (yet: a USB adapter, a module loaded late) is tried again every
+/// [`GPIO_RETRY`]; the problem is logged once.
 fn watch_gpio(chip: &Path, line: u32, lost: Level, tx: mpsc::Sender<(Source, PowerState)>) {
+    let mut last_problem = None;
+    loop {
+        let problem = match watch_gpio_line(chip, line, lost, &tx) {
+            Ok(()) => return, // the monitor is gone: the server is stopping
+            Err(e) => e.to_string(),
+        };
+        if last_problem.as_ref() != Some(&problem) {
+            tracing::error!(chip = %chip.display(), line, problem, "cannot watch the GPIO power-loss line; retrying");
+            last_problem = Some(problem);
+        }
+        std::thread::sleep(GPIO_RETRY);
+    }
+}
+
+fn watch_gpio_line(
+    chip: &Path,
+    line: u32,
+    lost: Level,
+    tx: &mpsc::Sender<(Source, PowerState)>,
+) -> Result<(), gpiocdev::Error> {
     let mut builder = gpiocdev::Request::builder();
     builder
         .on_chip(chip)
@@ -344,36 +368,24 @@ fn watch_gpio(chip: &Path, line: u32, lost: Level, tx: mpsc::Sender<(Source, Pow
     if lost == Level::Low {
         builder.as_active_low();
     }
-    let request = match builder.request() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(chip = %chip.display(), line, error = %e, "cannot watch the GPIO power-loss line; not using it");
-            return;
-        }
-    };
+    let request = builder.request()?;
     tracing::info!(chip = %chip.display(), line, ?lost, "watching the GPIO power-loss line");
     let mut reported = None;
     loop {
-        let state = match request.value(line) {
-            Ok(gpiocdev::line::Value::Active) => PowerState::OnBattery,
-            Ok(gpiocdev::line::Value::Inactive) => PowerState::Online,
-            Err(e) => {
-                tracing::error!(chip = %chip.display(), line, error = %e, "reading the GPIO power-loss line failed; not using it");
-                return;
-            }
+        let state = match request.value(line)? {
+            gpiocdev::line::Value::Active => PowerState::OnBattery,
+            gpiocdev::line::Value::Inactive => PowerState::Online,
         };
         if reported != Some(state) {
             if tx.blocking_send((Source::Gpio, state)).is_err() {
-                return;
+                return Ok(());
             }
             reported = Some(state);
         }
-        if let Ok(true) = request.wait_edge_event(GPIO_RECHECK) {
+        if request.wait_edge_event(GPIO_RECHECK)? {
             // The level is what counts; the events only wake us.
-            while let Ok(true) = request.has_edge_event() {
-                if request.read_edge_event().is_err() {
-                    break;
-                }
+            while request.has_edge_event()? {
+                request.read_edge_event()?;
             }
         }
     }
