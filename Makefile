@@ -183,9 +183,25 @@ qemu: image
 
 # The image tests boot QEMU one at a time: two emulated guests on two cores
 # would each run at half speed.
-test-image: image-deps test-deps image
+# A one-line GPIO chip for the image test of quince's GPIO power-loss source
+# (Debian's kernels build no gpio-sim), built against the image kernel's headers.
+KERNEL_VERSION = $(shell sed -n 's/^KERNEL_VERSION=//p' board/qemu-x86_64/board.conf)
+KERNEL_HEADERS = /usr/src/linux-headers-$(KERNEL_VERSION)
+GPIO_TEST_CHIP := target/gpio-test-chip/gpio-test-chip.ko
+
+$(GPIO_TEST_CHIP): tests/gpio-test-chip/gpio-test-chip.c tests/gpio-test-chip/Kbuild
+	@if [ ! -d $(KERNEL_HEADERS) ]; then \
+	  v=$$(sed -n 's/^linux-image-$(KERNEL_VERSION)=//p' board/qemu-x86_64/packages); \
+	  echo "installing linux-headers-$(KERNEL_VERSION)=$$v (for the GPIO test chip)"; \
+	  $(SUDO) apt-get update -qq; \
+	  $(APT_INSTALL) linux-headers-$(KERNEL_VERSION)=$$v; \
+	fi
+	rm -rf $(@D) && mkdir -p $(@D) && cp $^ $(@D)/
+	$(MAKE) -s -C $(KERNEL_HEADERS) M=$(abspath $(@D)) modules
+
+test-image: image-deps test-deps image $(GPIO_TEST_CHIP)
 	@echo "==> cargo test --test image (boots the image in QEMU)"
-	PATH="$$PATH:/sbin:/usr/sbin" QUINCE_IMAGE_DIR=$(IMAGE_DIR) \
+	PATH="$$PATH:/sbin:/usr/sbin" QUINCE_IMAGE_DIR=$(IMAGE_DIR) QUINCE_GPIO_TEST_CHIP=$(GPIO_TEST_CHIP) \
 	  $(CARGO) test --locked --test image -- --ignored --nocapture --test-threads=1
 
 # `make test` makes 3 power cuts; this makes POWER_CUTS (each is a boot, ~20 s).

@@ -333,7 +333,8 @@ async fn poll_nut(
 /// Watches a GPIO line on a thread of its own (the character device's waits
 /// are blocking calls). Requests the line as an input with edge events, and
 /// reads its level after every edge and at least every [`GPIO_RECHECK`], so
-/// a missed edge costs a second, not a shutdown. A chip that is not there
+/// a missed edge costs a second, not a shutdown (a line without edge events
+/// is read every [`GPIO_RECHECK`]). A chip that is not there
 /// (yet: a USB adapter, a module loaded late) is tried again every
 /// [`GPIO_RETRY`]; the problem is logged once.
 fn watch_gpio(chip: &Path, line: u32, lost: Level, tx: mpsc::Sender<(Source, PowerState)>) {
@@ -357,19 +358,32 @@ fn watch_gpio_line(
     lost: Level,
     tx: &mpsc::Sender<(Source, PowerState)>,
 ) -> Result<(), gpiocdev::Error> {
-    let mut builder = gpiocdev::Request::builder();
-    builder
-        .on_chip(chip)
-        .with_consumer("quince-power")
-        .with_line(line)
-        .as_input()
-        .with_edge_detection(gpiocdev::line::EdgeDetection::BothEdges);
-    // Active = the mains is lost, whatever the wiring.
-    if lost == Level::Low {
-        builder.as_active_low();
-    }
-    let request = builder.request()?;
-    tracing::info!(chip = %chip.display(), line, ?lost, "watching the GPIO power-loss line");
+    let request = |edges: bool| {
+        let mut builder = gpiocdev::Request::builder();
+        builder
+            .on_chip(chip)
+            .with_consumer("quince-power")
+            .with_line(line)
+            .as_input();
+        if edges {
+            builder.with_edge_detection(gpiocdev::line::EdgeDetection::BothEdges);
+        }
+        // Active = the mains is lost, whatever the wiring.
+        if lost == Level::Low {
+            builder.as_active_low();
+        }
+        builder.request()
+    };
+    // A line without an interrupt (a GPIO expander whose interrupt pin is not
+    // wired) refuses edge detection; then its level is read every second.
+    let (request, edges) = match request(true) {
+        Ok(r) => (r, true),
+        Err(with_edges) => match request(false) {
+            Ok(r) => (r, false),
+            Err(_) => return Err(with_edges),
+        },
+    };
+    tracing::info!(chip = %chip.display(), line, ?lost, edges, "watching the GPIO power-loss line");
     let mut reported = None;
     loop {
         let state = match request.value(line)? {
@@ -382,7 +396,9 @@ fn watch_gpio_line(
             }
             reported = Some(state);
         }
-        if request.wait_edge_event(GPIO_RECHECK)? {
+        if !edges {
+            std::thread::sleep(GPIO_RECHECK);
+        } else if request.wait_edge_event(GPIO_RECHECK)? {
             // The level is what counts; the events only wake us.
             while request.has_edge_event()? {
                 request.read_edge_event()?;

@@ -956,7 +956,8 @@ fn ups_low_battery_and_sigpwr_power_the_appliance_off() {
     disk.write_boot_file(
         "quince.toml",
         &format!(
-            "[power]\nnut = \"10.0.2.2:{}\"\nnut_ups = \"{}\"\ngrace_secs = {grace}\n",
+            "[power]\nnut = \"10.0.2.2:{}\"\nnut_ups = \"{}\"\ngrace_secs = {grace}\n\
+             gpio_chip = \"/dev/gpiochip0\"\ngpio_line = 0\ngpio_power_lost = \"high\"\n",
             ups.addr.port(),
             nut::UPS_NAME
         ),
@@ -1147,5 +1148,67 @@ fn ups_low_battery_and_sigpwr_power_the_appliance_off() {
             "{text} not stored exactly once"
         );
     }
-    vm.power_off();
+
+    // 3. A GPIO power-loss line: the test chip (tests/gpio-test-chip, one
+    // input line set through a module parameter) appears after boot, so it
+    // gets the permissions rcS gives the chips present at boot; quince, which
+    // has been retrying the missing chip, picks it up.
+    assert!(
+        vm.console()
+            .contains("cannot watch the GPIO power-loss line"),
+        "{}",
+        vm.console()
+    );
+    let module = std::fs::read(gpio_test_chip()).unwrap();
+    let mut load = vm
+        .ssh_command()
+        .args(["-o", "BatchMode=yes", "-i"])
+        .arg(&vm.key)
+        .arg("root@127.0.0.1")
+        .arg(
+            "cat > /tmp/chip.ko && insmod /tmp/chip.ko && \
+             chgrp quince /dev/gpiochip0 && chmod 0660 /dev/gpiochip0",
+        )
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    load.stdin.take().unwrap().write_all(&module).unwrap();
+    assert!(load.wait().unwrap().success(), "loading the GPIO test chip");
+    let mark = vm.console().len();
+    vm.wait_console_from(mark, "watching the GPIO power-loss line");
+    let level = |vm: &Vm, v: u8| {
+        let out = vm.ssh(&format!(
+            "echo {v} > /sys/module/gpio_test_chip/parameters/level"
+        ));
+        assert!(out.status.success(), "{out:?}");
+    };
+    // High (power lost), then low again within the grace time: nothing happens.
+    level(&vm, 1);
+    vm.wait_console_from(mark, "from=Online to=OnBattery");
+    level(&vm, 0);
+    vm.wait_console_from(mark, "from=OnBattery to=Online");
+    std::thread::sleep(Duration::from_secs(grace + 2));
+    assert!(vm.child.try_wait().unwrap().is_none(), "powered off anyway");
+    level(&vm, 1);
+    let took = wait_power_off(&mut vm, "the GPIO line went high");
+    println!(
+        "GPIO power-loss line to power-off with a {grace} s grace time: {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(took >= Duration::from_secs(grace), "{took:?}");
+    let (clean, report) = disk.data_is_clean();
+    assert!(clean, "e2fsck -fn after the GPIO power-off:\n{report}");
+}
+
+/// The GPIO test chip module `make test-image` builds.
+fn gpio_test_chip() -> PathBuf {
+    let path = std::env::var_os("QUINCE_GPIO_TEST_CHIP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/gpio-test-chip/gpio-test-chip.ko"));
+    assert!(
+        path.exists(),
+        "no {}: run `make target/gpio-test-chip/gpio-test-chip.ko` (make test-image does)",
+        path.display()
+    );
+    path
 }
