@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use quince::client::{Client, Trust};
-use quince::protocol::{Body, ConvKind, Message, Role, Target};
+use quince::protocol::{Body, ConvKind, Message, PowerNotice, PowerState, Role, Target};
 use tokio::io::AsyncBufReadExt;
 
 use crate::profile::{self, Profile};
@@ -292,6 +292,16 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
                         Some(t) => println!("temperature    {t:.1} °C"),
                         None => println!("temperature    (no sensor)"),
                     }
+                    let power = match (s.power.state, s.power.shutdown_in_secs) {
+                        (PowerState::Online, _) => "mains (or no UPS watched)".to_string(),
+                        (PowerState::OnBattery, Some(secs)) => {
+                            format!("on battery, shutting down in {secs} s")
+                        }
+                        (PowerState::OnBattery, None) => "on battery".to_string(),
+                        (PowerState::LowBattery, _) => "battery low".to_string(),
+                        (PowerState::ShuttingDown, _) => "shutting down".to_string(),
+                    };
+                    println!("power          {power}");
                 }
             }
         }
@@ -473,6 +483,21 @@ fn show(m: &Message, me: &str) -> String {
     format!("[{}] {text}", clock(m.ts))
 }
 
+/// What the chat shows when the server's power changes.
+fn power_line(notice: &PowerNotice) -> String {
+    match (notice.state, notice.shutdown_in_secs) {
+        (PowerState::Online, _) => "(the server is on mains power again)".into(),
+        (PowerState::OnBattery, Some(secs)) => {
+            format!("(the server runs on its UPS battery; it shuts down in {secs} s unless the power returns)")
+        }
+        (PowerState::OnBattery, None) => "(the server runs on its UPS battery)".into(),
+        (PowerState::LowBattery, _) => "(the server's UPS battery is low)".into(),
+        (PowerState::ShuttingDown, _) => {
+            "(the server is shutting down for a power loss; messages cannot be sent until it is back)".into()
+        }
+    }
+}
+
 async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
     let (client, p) = resume(profile_name).await?;
     let mut conv = find_conv(&client, to, group).await?;
@@ -501,8 +526,13 @@ async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
         p.user
     );
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut power = client.power();
     loop {
         tokio::select! {
+            Ok(()) = power.changed() => {
+                let notice = power.borrow_and_update().clone();
+                eprintln!("{}", power_line(&notice));
+            }
             line = lines.next_line() => {
                 let Some(line) = line? else { break };
                 if line.trim().is_empty() { continue; }
