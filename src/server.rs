@@ -59,6 +59,8 @@ pub struct State {
     pub started: Instant,
     pub connections: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
+    /// One backup at a time, and the schedule's last outcome.
+    pub backups: crate::backup::Backups,
 }
 
 /// A bound, ready server.
@@ -200,6 +202,7 @@ impl Server {
             started: Instant::now(),
             connections: AtomicU64::new(0),
             shutdown: shutdown_rx,
+            backups: Default::default(),
         });
         Ok(Server {
             endpoint,
@@ -229,6 +232,7 @@ impl Server {
         } = self;
         let mut connections = JoinSet::new();
         let trimmer = tokio::spawn(return_free_memory());
+        let backups = tokio::spawn(crate::backup::schedule(state.clone()));
         let watchdog = watchdog.map(Arc::new);
         let petter = watchdog
             .clone()
@@ -255,6 +259,7 @@ impl Server {
         );
         endpoint.set_server_config(None);
         trimmer.abort();
+        backups.abort();
         let _ = shutdown.send(true);
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while connections.join_next().await.is_some() {}

@@ -28,10 +28,16 @@ impl TestServer {
     }
 
     pub fn start_on(dir: &Path, listen: SocketAddr) -> TestServer {
+        Self::start_with(dir, listen, &[])
+    }
+
+    /// Starts a server with extra `quince serve` arguments (e.g. `--config FILE`).
+    pub fn start_with(dir: &Path, listen: SocketAddr, extra: &[&str]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quince"))
             .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
             .arg(dir)
             .args(["--log-level", "warn"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
