@@ -1113,6 +1113,18 @@ mod tests {
     }
 
     #[test]
+    fn too_little_space_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_space(dir.path(), u64::MAX / 2, "the test".into()).unwrap_err();
+        assert!(matches!(err, BackupError::NoSpace { .. }));
+        assert!(
+            err.to_string()
+                .contains("not enough disk space for the test")
+        );
+        check_space(dir.path(), 1, "a byte".into()).unwrap();
+    }
+
+    #[test]
     fn only_one_backup_at_a_time() {
         let b = Backups::default();
         let first = b.try_begin().unwrap();

@@ -107,8 +107,10 @@ struct Inner {
     /// Per-conversation cursors of the subscribed inbox, shared so that `send`
     /// can move past this device's own messages.
     cursors: Mutex<Option<HashMap<u64, u64>>>,
-    /// The server's unidirectional streams, sorted once something needs them.
-    streams: std::sync::OnceLock<Arc<Streams>>,
+    /// The server's unidirectional streams, sorted once something needs them;
+    /// the sender ends the sorting task when the client is dropped, so its
+    /// handle of the connection does not keep the connection open.
+    streams: std::sync::OnceLock<(Arc<Streams>, oneshot::Sender<()>)>,
 }
 
 /// A data stream's reader, and the bytes read past its header frame.
@@ -128,8 +130,16 @@ async fn route_streams(
     conn: quinn::Connection,
     events: mpsc::Sender<FrameReader>,
     to: Arc<Streams>,
+    mut dropped: oneshot::Receiver<()>,
 ) {
-    while let Ok(recv) = conn.accept_uni().await {
+    loop {
+        let recv = tokio::select! {
+            _ = &mut dropped => return,
+            recv = conn.accept_uni() => match recv {
+                Ok(recv) => recv,
+                Err(_) => return,
+            },
+        };
         let (events, to) = (events.clone(), to.clone());
         tokio::spawn(async move {
             let mut reader = FrameReader::new(recv);
@@ -548,9 +558,16 @@ impl Client {
                     events: tokio::sync::Mutex::new(rx),
                     data: Mutex::default(),
                 });
-                tokio::spawn(route_streams(self.inner.conn.clone(), tx, streams.clone()));
-                streams
+                let (alive, dropped) = oneshot::channel();
+                tokio::spawn(route_streams(
+                    self.inner.conn.clone(),
+                    tx,
+                    streams.clone(),
+                    dropped,
+                ));
+                (streams, alive)
             })
+            .0
             .clone()
     }
 

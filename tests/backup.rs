@@ -451,10 +451,16 @@ async fn scheduled_backups_keep_the_newest_and_report_failures() {
     assert!(status.backup_last_success.is_some(), "{status:?}");
     assert!(status.backup_last_error.is_none(), "{status:?}");
     assert!(status.backup_next.is_some());
-    // Pruning follows each write, so give the last one a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let left = backups_in(&backups);
-    assert!(left.len() <= 2, "keep = 2, found {left:?}");
+    // Pruning follows each rename at once; a look between the two may see 3.
+    let mut left = backups_in(&backups);
+    for _ in 0..20 {
+        if left.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = backups_in(&backups);
+    }
+    assert_eq!(left.len(), 2, "keep = 2, found {left:?}");
     assert_eq!(
         std::fs::read_to_string(backups.join("notes.txt")).unwrap(),
         "not ours"
@@ -515,4 +521,58 @@ async fn scheduled_backups_keep_the_newest_and_report_failures() {
         !missing.exists(),
         "the schedule must not create the directory"
     );
+}
+
+/// Starts a server whose `[backup]` writes hourly into `backups`.
+fn hourly(dir: &Path, name: &str, backups: &Path) -> TestServer {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!("[backup]\ndir = {:?}\ninterval_hours = 1\n", p(backups)),
+    )
+    .unwrap();
+    TestServer::start_with(
+        &dir.join(name),
+        "127.0.0.1:0".parse().unwrap(),
+        &["--config", p(&config)],
+    )
+}
+
+#[tokio::test]
+async fn the_first_scheduled_backup_is_due_one_interval_after_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    // The newest backup is from 2000: one is due at once, not in an hour.
+    let old = dir.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::write(old.join("quince-20000101T000000Z.qbk"), "old").unwrap();
+    let server = hourly(dir.path(), "a", &old);
+    let admin = server.admin().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while backups_in(&old).len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no backup at start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = admin.admin_status().await.unwrap();
+    let next = status.backup_next.unwrap() / 1000;
+    assert!(next >= now + 3500, "next due {next}, now {now}");
+    drop(server);
+
+    // The newest backup is from now: the next is due in an hour, not at start.
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let name = quince::backup::file_name(now);
+    std::fs::write(fresh.join(&name), "fresh").unwrap();
+    let server = hourly(dir.path(), "b", &fresh);
+    let admin = server.admin().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(backups_in(&fresh), vec![name]);
+    let status = admin.admin_status().await.unwrap();
+    assert_eq!(status.backup_next.unwrap() / 1000, now + 3600);
+    assert!(status.backup_last_success.is_none());
+    assert!(status.backup_last_error.is_none());
 }
