@@ -562,9 +562,11 @@ pub async fn save(
         .ok_or_else(|| {
             BackupError::Destination(format!("{} is not a file name", dest.display()))
         })?;
+    // age adds 16 bytes per 64 KiB chunk; 1/1024 covers it.
+    let bytes = download.ready().bytes;
     check_space(
         &dir,
-        download.ready().bytes,
+        bytes + bytes / 1024,
         format!("the backup in {}", dir.display()),
     )?;
     let (tmp, file) = TempFile::create(dir.join(format!(".{name}.partial-{}", random_hex())))?;
@@ -942,7 +944,7 @@ fn write_scheduled(
 ) -> Result<(PathBuf, u64), BackupError> {
     check_space(
         dir,
-        snapshot.total(),
+        snapshot.total() + snapshot.total() / 1024,
         format!("the backup in {}", dir.display()),
     )?;
     let name = file_name(now_ms() / 1000);

@@ -521,6 +521,49 @@ async fn scheduled_backups_keep_the_newest_and_report_failures() {
         !missing.exists(),
         "the schedule must not create the directory"
     );
+    drop(server);
+
+    // A backup directory that cannot be written: a file where the directory
+    // should be, and (when the test does not run as root, which may write
+    // anywhere) a directory without write permission.
+    let mut unwritable = vec![(dir.path().join("a-file"), "not a directory")];
+    std::fs::write(&unwritable[0].0, "x").unwrap();
+    // Root's files are owned by uid 0; root writes through any permission.
+    let root =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&unwritable[0].0).unwrap()) == 0;
+    if !root {
+        use std::os::unix::fs::PermissionsExt;
+        let ro = dir.path().join("read-only");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        unwritable.push((ro, "permission denied"));
+    }
+    for (i, (target, expect)) in unwritable.iter().enumerate() {
+        std::fs::write(
+            &config,
+            format!("[backup]\ndir = {:?}\ninterval_hours = 1\n", p(target)),
+        )
+        .unwrap();
+        let server = TestServer::start_with(
+            &dir.path().join(format!("data-unwritable-{i}")),
+            "127.0.0.1:0".parse().unwrap(),
+            &["--config", p(&config)],
+        );
+        let admin = server.admin().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = admin.admin_status().await.unwrap();
+            if let Some(e) = status.backup_last_error {
+                assert!(e.to_lowercase().contains(expect), "{e}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no failure for {target:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Starts a server whose `[backup]` writes hourly into `backups`.
