@@ -541,9 +541,16 @@ impl Client {
                 return Err(e);
             }
         };
+        // The server opens the stream as it answers; it may come first.
         let (recv, leftover) = tokio::select! {
             stream = rx => stream.map_err(|_| self.closed_error())?,
             _ = self.inner.conn.closed() => return Err(self.closed_error()),
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {
+                forget();
+                return Err(ClientError::Protocol(
+                    "the server announced a backup but sent no stream for it".into(),
+                ));
+            }
         };
         Ok(crate::backup::Download::new(ready, recv, leftover))
     }

@@ -707,7 +707,7 @@ async fn after_write(
 }
 
 /// `admin_backup`: takes a snapshot, answers with its size and checksum, and
-/// sends the backup on a unidirectional stream of its own (docs/PROTOCOL.md §16).
+/// sends the backup on a data stream of its own (docs/PROTOCOL.md §3, §7.5, §16).
 async fn backup(state: &State, auth: &Auth, conn: quinn::Connection, id: u64) -> Reply {
     require_admin(auth)?;
     let running = state
