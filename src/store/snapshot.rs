@@ -218,6 +218,35 @@ mod tests {
         assert_eq!(check_file(&copy).unwrap(), SCHEMA_VERSION);
     }
 
+    /// A table bigger than one batch arrives whole.
+    #[test]
+    fn big_tables_are_copied_whole_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = Store::open(&dir.path().join("s.redb"), 1 << 20).unwrap();
+        let value = vec![7u8; 4096];
+        let rows = 3 * BATCH_BYTES / value.len() + 10;
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(MESSAGES).unwrap();
+            for i in 0..rows as u64 {
+                t.insert(super::super::k16(1, i), value.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        let copy = dir.path().join("copy.redb");
+        let info = store.snapshot(&copy).unwrap();
+        let db = Database::open(&copy).unwrap();
+        let read = db.begin_read().unwrap();
+        let t = read.open_table(MESSAGES).unwrap();
+        assert_eq!(redb::ReadableTableMetadata::len(&t).unwrap(), rows as u64);
+        assert!(info.entries >= rows as u64);
+        let last = t
+            .get(super::super::k16(1, rows as u64 - 1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(last.value(), value.as_slice());
+    }
+
     #[test]
     fn snapshot_refuses_an_existing_file() {
         let dir = tempfile::tempdir().unwrap();
