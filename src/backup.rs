@@ -1005,13 +1005,23 @@ fn newest_backup(dir: &Path) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(newest))
 }
 
-/// Deletes the oldest of this schedule's backups beyond the newest `keep`.
+/// Deletes the oldest of this schedule's backups beyond the newest `keep`,
+/// and temporary files of its own that a crash or power cut left behind.
 fn prune(dir: &Path, keep: usize) -> Result<(), BackupError> {
-    let mut ours: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+    let mut ours: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir)
         .map_err(io_err(format!("listing {}", dir.display())))?
         .flatten()
-        .filter_map(|e| parse_file_name(&e.file_name().to_string_lossy()).map(|t| (t, e.path())))
-        .collect();
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(t) = parse_file_name(&name) {
+            ours.push((t, entry.path()));
+        } else if let Some(stale) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp"))
+            && parse_file_name(stale).is_some()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     ours.sort();
     let excess = ours.len().saturating_sub(keep.max(1));
     for (_, path) in ours.into_iter().take(excess) {
@@ -1102,6 +1112,8 @@ mod tests {
             std::fs::write(dir.path().join(file_name(t)), b"x").unwrap();
         }
         std::fs::write(dir.path().join("mine.qbk"), b"x").unwrap();
+        // Left by a power cut in the middle of a write.
+        std::fs::write(dir.path().join(format!(".{}.tmp", file_name(50))), b"x").unwrap();
         prune(dir.path(), 2).unwrap();
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
