@@ -55,6 +55,11 @@ const SPACE_MARGIN: u64 = 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 /// After a failed scheduled backup, the next try comes after at most this long.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(3600);
+/// Backups are named, and so pruned, by the clock. A board without a
+/// real-time clock (a Raspberry Pi) starts in 1970 until NTP sets the time; the
+/// schedule waits for a clock past this (2025-01-01) so that a backup named
+/// 1970 never looks like the oldest one and gets pruned first.
+const CLOCK_SET_AFTER_SECS: u64 = 1_735_689_600;
 /// Prefix of the snapshot's temporary file in the data directory.
 const SNAPSHOT_TMP_PREFIX: &str = ".backup-";
 
@@ -871,6 +876,12 @@ pub async fn schedule(state: Arc<State>) {
         return;
     };
     let interval = cfg.interval();
+    if now_ms() / 1000 < CLOCK_SET_AFTER_SECS {
+        tracing::warn!("the clock is not set yet (no NTP answer?); scheduled backups wait for it");
+        while now_ms() / 1000 < CLOCK_SET_AFTER_SECS {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    }
     let mut due = newest_backup(&dir)
         .map(|t| t + interval)
         .unwrap_or_else(SystemTime::now);
