@@ -137,7 +137,9 @@ pub struct ScheduleStatus {
 }
 
 /// Held while a backup runs.
-pub struct BackupGuard(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+pub struct BackupGuard {
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
 
 impl Backups {
     /// Starts a backup now, or says another one runs.
@@ -145,13 +147,15 @@ impl Backups {
         self.running
             .clone()
             .try_lock_owned()
-            .map(BackupGuard)
+            .map(|held| BackupGuard { _held: held })
             .map_err(|_| BackupError::Busy)
     }
 
     /// Waits until no other backup runs, then starts one.
     pub async fn begin(&self) -> BackupGuard {
-        BackupGuard(self.running.clone().lock_owned().await)
+        BackupGuard {
+            _held: self.running.clone().lock_owned().await,
+        }
     }
 
     pub fn status(&self) -> ScheduleStatus {
