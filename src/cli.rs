@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -75,6 +76,18 @@ pub enum ClientCommand {
     /// Administration (admin accounts only).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Back up the server (admin only) while it runs: its messages, accounts,
+    /// certificate and key, into one file (restore with `quince restore`).
+    Backup {
+        /// File to write, or a directory to put quince-YYYYMMDDTHHMMSSZ.qbk in.
+        dest: PathBuf,
+        /// Encrypt with a passphrase (asked for, or --passphrase-file).
+        #[arg(long)]
+        encrypt: bool,
+        /// Read the passphrase from the first line of this file (implies --encrypt).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,6 +238,30 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
             }
         }
         ClientCommand::Chat { to, group } => chat(profile_name, &to, group).await?,
+        ClientCommand::Backup {
+            dest,
+            encrypt,
+            passphrase_file,
+        } => {
+            let passphrase = if encrypt || passphrase_file.is_some() {
+                Some(read_passphrase(passphrase_file.as_deref(), true)?)
+            } else {
+                None
+            };
+            let (client, p) = resume(profile_name).await?;
+            let download = client.admin_backup().await?;
+            let bytes = download.ready().bytes;
+            let sha256 = download.ready().sha256.clone();
+            let encrypted = passphrase.is_some();
+            let path = quince::backup::save(download, &dest, passphrase).await?;
+            println!(
+                "backed up {} ({:.1} MiB, SHA-256 {sha256}{}) to {}",
+                p.server,
+                mib(bytes),
+                if encrypted { ", encrypted" } else { "" },
+                path.display()
+            );
+        }
         ClientCommand::Group(g) => {
             let (client, _) = resume(profile_name).await?;
             match g {
@@ -302,6 +339,20 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
                         (PowerState::ShuttingDown, _) => "shutting down".to_string(),
                     };
                     println!("power          {power}");
+                    let when = |t: Option<u64>| {
+                        t.map(quince::backup::format_utc)
+                            .unwrap_or_else(|| "never".into())
+                    };
+                    match s.backup_next {
+                        None => println!("backups        not scheduled"),
+                        Some(next) => {
+                            println!("last backup    {}", when(s.backup_last_success));
+                            if let Some(e) = &s.backup_last_error {
+                                println!("backup FAILED  {e}");
+                            }
+                            println!("next backup    {}", quince::backup::format_utc(next));
+                        }
+                    }
                 }
             }
         }
@@ -344,6 +395,32 @@ fn read_password(prompt: &str, confirm: bool) -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// A backup passphrase: the first line of `file`, else asked at the terminal
+/// (twice when `confirm`), else one line of standard input.
+pub fn read_passphrase(
+    file: Option<&Path>,
+    confirm: bool,
+) -> anyhow::Result<quince::backup::SecretString> {
+    if let Some(file) = file {
+        return Ok(quince::backup::read_passphrase_file(file)?);
+    }
+    let p = if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password("backup passphrase: ")?;
+        if confirm && rpassword::prompt_password("again: ")? != p {
+            bail!("the passphrases differ");
+        }
+        p
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if p.is_empty() {
+        bail!("an empty passphrase would not protect anything");
+    }
+    Ok(p.into())
 }
 
 /// Canonical form of a server address: host:port, port 4433 by default.

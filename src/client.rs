@@ -32,8 +32,9 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::{
-    self, ALPN, ConvList, Created, Done, ErrorBody, ErrorCode, Event, Invite, MID_LEN, Members,
-    Message, Page, PowerNotice, Reply, Request, Role, SendAck, Session, Status, Target, Users,
+    self, ALPN, BackupReady, ConvList, Created, Done, ErrorBody, ErrorCode, Event, Invite, MID_LEN,
+    Members, Message, Page, PowerNotice, Reply, Request, Role, SendAck, Session, Status, Target,
+    Users,
 };
 use crate::stream::{self, FrameReader};
 use crate::tls::PinVerifier;
@@ -109,6 +110,64 @@ struct Inner {
     cursors: Mutex<Option<HashMap<u64, u64>>>,
     /// The server's power state, from its `power` events.
     power: watch::Sender<PowerNotice>,
+    /// The server's unidirectional streams, sorted once something needs them;
+    /// the sender ends the sorting task when the client is dropped, so its
+    /// handle of the connection does not keep the connection open.
+    streams: std::sync::OnceLock<(Arc<Streams>, oneshot::Sender<()>)>,
+}
+
+/// A data stream's reader, and the bytes read past its header frame.
+type DataStream = (quinn::RecvStream, bytes::Bytes);
+
+/// Server-opened unidirectional streams, sorted by their first frame: the
+/// event stream (events), or a data stream (a [`protocol::StreamHeader`]
+/// naming the request it answers, e.g. `admin_backup`).
+struct Streams {
+    events: tokio::sync::Mutex<mpsc::Receiver<FrameReader>>,
+    data: Mutex<HashMap<u64, oneshot::Sender<DataStream>>>,
+}
+
+/// Accepts the server's unidirectional streams and hands each to whoever
+/// waits for it; runs until the connection ends.
+async fn route_streams(
+    conn: quinn::Connection,
+    events: mpsc::Sender<FrameReader>,
+    to: Arc<Streams>,
+    mut dropped: oneshot::Receiver<()>,
+) {
+    loop {
+        let recv = tokio::select! {
+            _ = &mut dropped => return,
+            recv = conn.accept_uni() => match recv {
+                Ok(recv) => recv,
+                Err(_) => return,
+            },
+        };
+        let (events, to) = (events.clone(), to.clone());
+        tokio::spawn(async move {
+            let mut reader = FrameReader::new(recv);
+            let header = match reader.peek().await {
+                Ok(Some(first)) => protocol::decode_stream_header(first),
+                _ => None,
+            };
+            match header {
+                Some(header) => {
+                    let _ = reader.next().await;
+                    let waiter = to
+                        .data
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&header.id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(reader.into_parts());
+                    }
+                }
+                None => {
+                    let _ = events.send(reader).await;
+                }
+            }
+        });
+    }
 }
 
 /// A connection to a quince server.
@@ -201,6 +260,7 @@ impl Client {
             device: AtomicU64::new(0),
             cursors: Mutex::new(None),
             power: watch::Sender::new(PowerNotice::default()),
+            streams: std::sync::OnceLock::new(),
         });
         Ok(Client {
             inner,
@@ -459,6 +519,69 @@ impl Client {
         self.call(Request::AdminStatus {}).await
     }
 
+    /// Admin: a consistent backup of the server (its store, certificate and
+    /// key). The result streams the backup file; [`crate::backup::save`]
+    /// writes it, and checks its length and SHA-256 as it does.
+    pub async fn admin_backup(&self) -> Result<crate::backup::Download, ClientError> {
+        let streams = self.streams();
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let forget = || {
+            streams
+                .data
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id)
+        };
+        streams
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let ready: BackupReady = match call_as(&self.inner, id, Request::AdminBackup {}).await {
+            Ok(ready) => ready,
+            Err(e) => {
+                forget();
+                return Err(e);
+            }
+        };
+        // The server opens the stream as it answers; it may come first.
+        let (recv, leftover) = tokio::select! {
+            stream = rx => stream.map_err(|_| self.closed_error())?,
+            _ = self.inner.conn.closed() => return Err(self.closed_error()),
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {
+                forget();
+                return Err(ClientError::Protocol(
+                    "the server announced a backup but sent no stream for it".into(),
+                ));
+            }
+        };
+        Ok(crate::backup::Download::new(ready, recv, leftover))
+    }
+
+    /// The sorter of the server's unidirectional streams, started on first use.
+    fn streams(&self) -> Arc<Streams> {
+        self.inner
+            .streams
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::channel(4);
+                let streams = Arc::new(Streams {
+                    events: tokio::sync::Mutex::new(rx),
+                    data: Mutex::default(),
+                });
+                let (alive, dropped) = oneshot::channel();
+                tokio::spawn(route_streams(
+                    self.inner.conn.clone(),
+                    tx,
+                    streams.clone(),
+                    dropped,
+                ));
+                (streams, alive)
+            })
+            .0
+            .clone()
+    }
+
     /// Starts receiving: catches up on everything missed, then follows live
     /// events. Call once, after logging in. The receiver ends when the
     /// connection does; reconnect, resume and subscribe again to continue
@@ -482,10 +605,11 @@ impl Client {
         let (raw_tx, raw_rx) = mpsc::channel(INBOX);
         // The event stream reaches us with the first event the server writes
         // on it, so it is awaited in the background rather than here.
-        let conn = self.inner.conn.clone();
+        let streams = self.streams();
         let power = self.inner.power.clone();
         tokio::spawn(async move {
-            if let Ok(events) = conn.accept_uni().await {
+            let events = streams.events.lock().await.recv().await;
+            if let Some(events) = events {
                 read_events(events, raw_tx, power).await;
             }
         });
@@ -571,6 +695,15 @@ fn into_result(reply: Reply) -> Result<ciborium::Value, ClientError> {
 
 async fn call<T: DeserializeOwned>(inner: &Inner, request: Request) -> Result<T, ClientError> {
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    call_as(inner, id, request).await
+}
+
+/// [`call`] with an id the caller took from `next_id`.
+async fn call_as<T: DeserializeOwned>(
+    inner: &Inner,
+    id: u64,
+    request: Request,
+) -> Result<T, ClientError> {
     let (tx, rx) = oneshot::channel();
     inner
         .pending
@@ -621,11 +754,10 @@ async fn read_replies(recv: quinn::RecvStream, pending: Pending) {
 }
 
 async fn read_events(
-    recv: quinn::RecvStream,
+    mut recv: FrameReader,
     out: mpsc::Sender<Message>,
     power: watch::Sender<PowerNotice>,
 ) {
-    let mut recv = FrameReader::new(recv);
     while let Ok(Some(body)) = recv.next().await {
         match protocol::decode_event(&body) {
             Ok(Event::Message(m)) => {

@@ -42,6 +42,44 @@ pub struct Config {
     /// The appliance's system settings (network, host name, time). The server
     /// ignores them; the appliance's boot reads them with [`crate::system`].
     pub system: toml::Table,
+    /// Scheduled backups (`[backup]`); off unless `dir` is set.
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`: where and how often the server writes backups of itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Directory the backups go to (a USB stick on the appliance). None: no
+    /// scheduled backups. quince does not create it: a missing directory (a
+    /// stick that is not plugged in) is reported as a failed backup.
+    pub dir: Option<PathBuf>,
+    /// Hours between backups. Fractions are allowed (0.25 is 15 minutes;
+    /// tests use a few seconds' worth).
+    pub interval_hours: f64,
+    /// How many backups to keep: the oldest beyond this are deleted.
+    pub keep: usize,
+    /// A file holding the passphrase to encrypt backups with (age, scrypt).
+    /// None: backups are not encrypted.
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: None,
+            interval_hours: 24.0,
+            keep: 7,
+            passphrase_file: None,
+        }
+    }
+}
+
+impl BackupConfig {
+    /// The interval as a duration (`validate` has checked it).
+    pub fn interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64((self.interval_hours * 3600.0).max(1.0))
+    }
 }
 
 impl Default for Config {
@@ -60,6 +98,7 @@ impl Default for Config {
             watchdog_timeout_secs: 15,
             power: Default::default(),
             system: toml::Table::new(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -79,6 +118,8 @@ pub enum ConfigError {
     },
     #[error("`cert` and `key` must be given together")]
     CertWithoutKey,
+    #[error("[backup] {0}")]
+    Backup(&'static str),
 }
 
 impl Config {
@@ -98,6 +139,15 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.cert.is_some() != self.key.is_some() {
             return Err(ConfigError::CertWithoutKey);
+        }
+        let b = &self.backup;
+        if !(b.interval_hours.is_finite() && b.interval_hours * 3600.0 >= 1.0) {
+            return Err(ConfigError::Backup(
+                "interval_hours must be at least one second (1/3600)",
+            ));
+        }
+        if b.keep == 0 {
+            return Err(ConfigError::Backup("keep must be at least 1"));
         }
         Ok(())
     }
@@ -131,6 +181,23 @@ mod tests {
         let c: Config = toml::from_str(include_str!("../quince.example.toml")).unwrap();
         assert_eq!(c.power.grace_secs, 120);
         assert!(c.power.sigpwr);
+    }
+
+    #[test]
+    fn backup_table_has_defaults_and_checks() {
+        let c: Config = toml::from_str("[backup]\ndir = \"/media/backup\"\n").unwrap();
+        assert_eq!(c.backup.interval_hours, 24.0);
+        assert_eq!(c.backup.keep, 7);
+        c.validate().unwrap();
+        let c: Config = toml::from_str("[backup]\ninterval_hours = 0.001\nkeep = 2\n").unwrap();
+        assert_eq!(c.backup.interval().as_millis(), 3600);
+        assert!(
+            toml::from_str::<Config>("[backup]\nkeep = 0\n")
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+        assert!(toml::from_str::<Config>("[backup]\nevery = 1\n").is_err());
     }
 
     #[test]

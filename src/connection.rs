@@ -256,6 +256,16 @@ impl Connection {
         let Ok(permit) = self.inflight.clone().acquire_owned().await else {
             return;
         };
+        if let Request::AdminBackup {} = request {
+            let (state, conn, replies) =
+                (self.state.clone(), self.conn.clone(), self.replies.clone());
+            tokio::spawn(async move {
+                let reply = backup(&state, &auth, conn, id).await;
+                let _ = replies.send(encode_reply(id, reply)).await;
+                drop(permit);
+            });
+            return;
+        }
         // Writes are queued here, in request order; everything else runs in the task.
         let queued = match write_op(&auth, &request) {
             Ok(Some(op)) => match self.state.store.submit(op).await {
@@ -703,6 +713,30 @@ async fn after_write(
     }
 }
 
+/// `admin_backup`: takes a snapshot, answers with its size and checksum, and
+/// sends the backup on a data stream of its own (docs/PROTOCOL.md §3, §7.5, §16).
+async fn backup(state: &State, auth: &Auth, conn: quinn::Connection, id: u64) -> Reply {
+    require_admin(auth)?;
+    let running = state
+        .backups
+        .try_begin()
+        .map_err(|e| Refusal(ErrorCode::Busy, e.to_string(), None))?;
+    let snapshot = crate::backup::Snapshot::take(&state.store, &state.config.data_dir, running)
+        .await
+        .map_err(|e| {
+            tracing::error!(admin = auth.username, error = %e, "backup failed");
+            Refusal(ErrorCode::Internal, format!("backup failed: {e}"), None)
+        })?;
+    let ready = snapshot.ready();
+    tracing::info!(
+        admin = auth.username,
+        bytes = ready.bytes,
+        "sending a backup"
+    );
+    tokio::spawn(snapshot.send(conn, id));
+    ok(id, &ready)
+}
+
 /// Requests that read, and admin requests that need work before their write.
 async fn read(state: &State, auth: &Auth, id: u64, request: Request) -> Reply {
     let store = &state.store;
@@ -800,6 +834,7 @@ async fn read(state: &State, auth: &Auth, id: u64, request: Request) -> Reply {
                 .await
                 .or_else(|_| refuse(ErrorCode::Internal, "could not read machine status"))?;
             let (users, messages) = store.counts()?;
+            let backup = state.backups.status();
             ok(
                 id,
                 &Status {
@@ -815,6 +850,9 @@ async fn read(state: &State, auth: &Auth, id: u64, request: Request) -> Reply {
                     load_average: machine.load_average,
                     temperature_c: machine.temperature_c,
                     power: state.power_notice(),
+                    backup_last_success: backup.last_success,
+                    backup_last_error: backup.last_error,
+                    backup_next: backup.next,
                 },
             )
         }

@@ -6,8 +6,10 @@
 //! - [`hub`]: online devices and event fan-out.
 //! - [`stream`]: reading and writing frames on QUIC streams, batched.
 //! - [`client`]: the async client library apps embed.
+//! - [`backup`]: backup files, restore, and scheduled backups.
 //! - [`system`]: the appliance's settings from the boot partition's `quince.toml`.
 pub mod auth;
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod connection;

@@ -33,6 +33,9 @@ enum Command {
     /// Prepare a data directory (store, certificate, first admin invite) and
     /// print the certificate fingerprint and any unused admin invite.
     Init(InitArgs),
+    /// Restore a backup (from `quince backup` or a scheduled one) into an
+    /// empty data directory; then `quince serve --data-dir DIR` serves it.
+    Restore(RestoreArgs),
     /// Check a boot-partition quince.toml (used by the appliance at boot).
     #[command(hide = true)]
     BootConfig(BootConfigArgs),
@@ -82,6 +85,18 @@ struct InitArgs {
 }
 
 #[derive(clap::Args)]
+struct RestoreArgs {
+    /// The backup file (.qbk, encrypted or not).
+    src: PathBuf,
+    /// Data directory to restore into; it must be empty or not exist.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// For an encrypted backup: read the passphrase from this file's first line.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct BootConfigArgs {
     /// The owner's quince.toml (a missing file means the defaults).
     file: PathBuf,
@@ -101,6 +116,7 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Command::Serve(serve_args) => serve(serve_args),
         Command::Init(init_args) => init(init_args),
+        Command::Restore(restore_args) => restore(restore_args),
         Command::BootConfig(boot_args) => boot_config(boot_args),
         #[cfg(feature = "bench")]
         Command::Bench(bench_args) => tokio::runtime::Builder::new_multi_thread()
@@ -152,6 +168,41 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     if let Some(invite) = prepared.pending_invite {
         println!("invite: {invite}");
     }
+    Ok(())
+}
+
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let file = args.passphrase_file.clone();
+    let restored = quince::backup::restore(&args.src, &args.data_dir, || {
+        cli::read_passphrase(file.as_deref(), false).map_err(std::io::Error::other)
+    })
+    .with_context(|| {
+        format!(
+            "cannot restore {}; nothing was written to {}",
+            args.src.display(),
+            args.data_dir.display()
+        )
+    })?;
+    println!(
+        "restored the backup of {} ({}{:.1} MiB database{}) into {}",
+        quince::backup::format_utc(restored.created),
+        if restored.encrypted {
+            "encrypted, "
+        } else {
+            ""
+        },
+        restored.db_bytes as f64 / (1024.0 * 1024.0),
+        if restored.identity {
+            ", with the server's certificate and key"
+        } else {
+            "; the backup had no certificate: the server makes a new one and clients must pin it again"
+        },
+        args.data_dir.display()
+    );
+    println!(
+        "start it with: quince serve --data-dir {}",
+        args.data_dir.display()
+    );
     Ok(())
 }
 

@@ -159,6 +159,10 @@ pub enum Request {
         password: String,
     },
     AdminStatus {},
+    /// Admin: a consistent backup of the store; the result says its size and
+    /// checksum, and its bytes follow on a unidirectional stream of their own
+    /// (see [`StreamHeader`]).
+    AdminBackup {},
 }
 
 impl Request {
@@ -187,6 +191,7 @@ impl Request {
         "admin_enable",
         "admin_reset_password",
         "admin_status",
+        "admin_backup",
     ];
 }
 
@@ -233,6 +238,8 @@ pub enum ErrorCode {
     Conflict,
     /// A server-side fault (disk full, I/O error); nothing was stored.
     Internal,
+    /// The server is already doing this (one backup at a time); try again later.
+    Busy,
 }
 
 /// The `err` half of a response.
@@ -404,6 +411,52 @@ pub struct Status {
     /// Power as the UPS reports it (`online` without one).
     #[serde(default)]
     pub power: PowerNotice,
+    /// When the last scheduled backup succeeded (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_last_success: Option<u64>,
+    /// Why the last scheduled backup failed, while no later one succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_last_error: Option<String>,
+    /// When the next scheduled backup is due (ms since the epoch); absent
+    /// when scheduled backups are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_next: Option<u64>,
+}
+
+/// Result of `admin_backup`: what the backup stream will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReady {
+    /// Length of the backup file in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the backup file without its last 32 bytes (which are this
+    /// same checksum), 64 lower-case hex digits.
+    pub sha256: String,
+}
+
+/// First frame of a server-opened unidirectional stream that carries data
+/// for a request rather than events: `{"stream": "backup", "id": 7}`. Raw
+/// bytes follow the frame until the stream ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    /// What the stream carries: `"backup"`.
+    pub stream: String,
+    /// The `id` of the request it answers.
+    pub id: u64,
+}
+
+/// Encodes a [`StreamHeader`] frame.
+pub fn encode_stream_header(header: &StreamHeader) -> Vec<u8> {
+    frame_direct(header)
+}
+
+/// Reads a frame body as a [`StreamHeader`]; `None` for anything else (an
+/// event frame, on the event stream).
+pub fn decode_stream_header(body: &[u8]) -> Option<StreamHeader> {
+    let entries = decode_map(body).ok()?;
+    if !entries.iter().any(|(k, _)| k.as_text() == Some("stream")) {
+        return None;
+    }
+    Value::Map(entries).deserialized().ok()
 }
 
 /// An empty result (`{}`), for requests that only succeed or fail.

@@ -62,6 +62,8 @@ pub struct State {
     pub shutdown: watch::Receiver<bool>,
     /// The power state and, on battery, when the server will shut down.
     power: std::sync::Mutex<(PowerState, Option<tokio::time::Instant>)>,
+    /// One backup at a time, and the schedule's last outcome.
+    pub backups: crate::backup::Backups,
 }
 
 impl State {
@@ -250,6 +252,7 @@ impl Server {
             connections: AtomicU64::new(0),
             shutdown: shutdown_rx,
             power: Default::default(),
+            backups: Default::default(),
         });
         Ok(Server {
             endpoint,
@@ -280,6 +283,7 @@ impl Server {
         } = self;
         let mut connections = JoinSet::new();
         let trimmer = tokio::spawn(return_free_memory());
+        let backups = tokio::spawn(crate::backup::schedule(state.clone()));
         let watchdog = watchdog.map(Arc::new);
         let petter = watchdog
             .clone()
@@ -321,6 +325,7 @@ impl Server {
         );
         endpoint.set_server_config(None);
         trimmer.abort();
+        backups.abort();
         let _ = shutdown.send(true);
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while connections.join_next().await.is_some() {}

@@ -42,6 +42,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 
+mod snapshot;
+pub use snapshot::{SnapshotInfo, check_file};
+
 use crate::protocol::{
     Body, ConvKind, ConvSummary, ErrorCode, MAX_PAGE, MID_LEN, Member, Members, Message,
     PAGE_BYTES, Page, Role, SendAck, Target, UserInfo,

@@ -32,6 +32,36 @@ impl FrameReader {
 
     /// The next frame body; `Ok(None)` at a clean end of the stream.
     pub async fn next(&mut self) -> Result<Option<Bytes>, FrameError> {
+        let Some(len) = self.fill().await? else {
+            return Ok(None);
+        };
+        self.buf.advance(4);
+        let body = self.buf.split_to(len).freeze();
+        if self.buf.is_empty() {
+            // Let go of the chunk's memory while idle.
+            self.buf = BytesMut::new();
+        }
+        Ok(Some(body))
+    }
+
+    /// The next frame body without taking it: the next [`FrameReader::next`]
+    /// returns it again. Tells a data stream from the event stream.
+    pub async fn peek(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        let Some(len) = self.fill().await? else {
+            return Ok(None);
+        };
+        Ok(Some(&self.buf[4..4 + len]))
+    }
+
+    /// The stream and what was read off it but not yet taken as frames:
+    /// for a stream whose header frame is followed by raw bytes.
+    pub fn into_parts(self) -> (quinn::RecvStream, Bytes) {
+        (self.recv, self.buf.freeze())
+    }
+
+    /// Reads until a whole frame is buffered; its body length, or `None` at
+    /// a clean end of the stream.
+    async fn fill(&mut self) -> Result<Option<usize>, FrameError> {
         loop {
             if self.buf.len() >= 4 {
                 let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
@@ -40,13 +70,7 @@ impl FrameReader {
                     return Err(FrameError::TooLarge(len));
                 }
                 if self.buf.len() >= 4 + len {
-                    self.buf.advance(4);
-                    let body = self.buf.split_to(len).freeze();
-                    if self.buf.is_empty() {
-                        // Let go of the chunk's memory while idle.
-                        self.buf = BytesMut::new();
-                    }
-                    return Ok(Some(body));
+                    return Ok(Some(len));
                 }
             }
             match self.recv.read_chunk(usize::MAX, true).await {

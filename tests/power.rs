@@ -106,7 +106,7 @@ async fn nut_on_battery_warns_power_back_cancels_low_battery_shuts_down() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let grace = 4;
-    let mut server = TestServer::start_with(
+    let mut server = TestServer::start_configured(
         &dir,
         &format!(
             "[power]\nnut = \"{addr}\"\nnut_ups = \"{UPS_NAME}\"\ngrace_secs = {grace}\nsigpwr = false\n"
@@ -168,7 +168,7 @@ async fn sigpwr_with_the_sysv_status_file() {
     let dir = tmp.path().join("data");
     let status_file = tmp.path().join("powerstatus");
     let grace = 3;
-    let mut server = TestServer::start_with(
+    let mut server = TestServer::start_configured(
         &dir,
         &format!(
             "[power]\nsigpwr_status_file = \"{}\"\ngrace_secs = {grace}\n",

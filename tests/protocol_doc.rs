@@ -22,9 +22,10 @@ use std::fmt::Debug;
 
 use ciborium::Value;
 use quince::protocol::{
-    Body, ErrorBody, ErrorCode, Event, MAX_FRAME, Message, Page, Reply, Request, Role, SendAck,
-    Session, decode_event, decode_reply, decode_request, decode_result, encode_err, encode_event,
-    encode_ok, encode_request,
+    BackupReady, Body, ErrorBody, ErrorCode, Event, MAX_FRAME, Message, Page, Reply, Request, Role,
+    SendAck, Session, StreamHeader, decode_event, decode_reply, decode_request, decode_result,
+    decode_stream_header, encode_err, encode_event, encode_ok, encode_request,
+    encode_stream_header,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
@@ -107,6 +108,22 @@ fn event(name: &'static str, ev: Event) -> Example {
             let decoded =
                 decode_event(body).unwrap_or_else(|e| panic!("{name}: decode_event: {e}"));
             assert_eq!(decoded, ev, "{name}: event");
+        }),
+    }
+}
+
+fn stream_header(name: &'static str, header: StreamHeader) -> Example {
+    let bytes = encode_stream_header(&header);
+    Example {
+        name,
+        bytes,
+        check: Box::new(move |body| {
+            assert_eq!(
+                decode_stream_header(body).as_ref(),
+                Some(&header),
+                "{name}: stream header"
+            );
+            assert!(decode_event(body).is_err(), "{name}: read as an event");
         }),
     }
 }
@@ -220,6 +237,22 @@ fn examples() -> Vec<Example> {
                 code: ErrorCode::BadFrame,
                 message: "not a request".into(),
                 retry_after_ms: None,
+            },
+        ),
+        request("admin_backup", 6, Request::AdminBackup {}),
+        ok(
+            "admin_backup_ok",
+            6,
+            BackupReady {
+                bytes: 1_054_871,
+                sha256: "5f2c0a8e4b6d1f3a9c7e5b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f2a".into(),
+            },
+        ),
+        stream_header(
+            "stream_header_backup",
+            StreamHeader {
+                stream: "backup".into(),
+                id: 6,
             },
         ),
     ]

@@ -12,7 +12,7 @@ root=$out.d
 rm -rf "$root"
 mkdir -p "$root"
 
-for dir in bin sbin usr/bin usr/sbin lib/$triplet proc sys dev run tmp var boot data; do
+for dir in bin sbin usr/bin usr/sbin lib/$triplet proc sys dev run tmp var boot data media; do
     mkdir -p "$root/$dir"
 done
 cp -a "$overlay/." "$root/"

@@ -35,6 +35,8 @@ pub enum Scenario {
     CatchUp,
     /// Opening the store after the server was killed, by database size.
     Repair,
+    /// `quince backup` of a running server, by database size.
+    Backup,
 }
 
 #[derive(clap::Args, Debug)]
@@ -181,6 +183,9 @@ pub async fn run(args: BenchArgs, profile: &str) -> anyhow::Result<()> {
     }
     if args.wants(Scenario::Repair) && !args.remote {
         report.scenarios.push(quince.repair().await?);
+    }
+    if args.wants(Scenario::Backup) && !args.remote {
+        report.scenarios.push(quince.backup().await?);
     }
 
     if args.json {

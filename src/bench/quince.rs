@@ -606,6 +606,124 @@ impl Bench {
             ],
         })
     }
+
+    /// Scenario 8: `quince backup` of a running server, by database size:
+    /// the snapshot (one read transaction copied into a new file), the
+    /// transfer over QUIC on loopback, and the client writing the file.
+    pub async fn backup(&self) -> anyhow::Result<ScenarioResult> {
+        let sizes: &[usize] = if self.quick {
+            &[100_000]
+        } else {
+            &[100_000, 1_000_000]
+        };
+        let endpoint = client::endpoint("127.0.0.1:0".parse()?)?;
+        let mut figures = vec![];
+        for &messages in sizes {
+            let name = format!("backup-{messages}");
+            let data_dir = self.work_dir.join(&name);
+            seed(&data_dir, 2, messages).await?;
+            let admin_token = seed_admin(&data_dir).await?;
+            let server = Server::start(&self.work_dir, &data_dir).await?;
+            let admin = resume(&endpoint, server.addr, &admin_token).await?;
+            let dest = self.work_dir.join(format!("{name}.qbk"));
+            let _ = std::fs::remove_file(&dest);
+            let start = Instant::now();
+            let download = admin.admin_backup().await?;
+            let snapshot = start.elapsed();
+            let bytes = download.ready().bytes;
+            quince::backup::save(download, &dest, None).await?;
+            let took = start.elapsed();
+            let _ = std::fs::remove_file(&dest);
+            // The same, encrypted on the client (age: scrypt once, then
+            // ChaCha20-Poly1305), as `quince backup --encrypt` does.
+            let start = Instant::now();
+            let download = admin.admin_backup().await?;
+            let pass = quince::backup::SecretString::from("bench passphrase".to_string());
+            quince::backup::save(download, &dest, Some(pass)).await?;
+            let encrypted = start.elapsed();
+            let _ = std::fs::remove_file(&dest);
+            admin.close().await;
+            server.stop().await?;
+            let mib = bytes as f64 / (1 << 20) as f64;
+            let rate = mib / took.as_secs_f64();
+            let enc_rate = mib / encrypted.as_secs_f64();
+            eprintln!(
+                "backup: {messages} messages, {mib:.1} MiB: snapshot {snapshot:.2?}, \
+                 in the file after {took:.2?} ({rate:.0} MiB/s); encrypted {encrypted:.2?} \
+                 ({enc_rate:.0} MiB/s)"
+            );
+            figures.push(Figure::new(
+                &format!("backup of {messages} messages ({mib:.1} MiB), end to end"),
+                rate,
+                "MiB/s",
+            ));
+            figures.push(Figure::new(
+                &format!("backup of {messages} messages, encrypted (--encrypt)"),
+                enc_rate,
+                "MiB/s",
+            ));
+            let mut snap = Figure::new(
+                &format!("snapshot of {messages} messages, before the transfer starts"),
+                snapshot.as_secs_f64() * 1000.0,
+                "ms",
+            );
+            snap.higher_is_better = false;
+            figures.push(snap);
+        }
+        Ok(ScenarioResult {
+            id: "backup".into(),
+            title: "backup of a running server".into(),
+            system: "quince".into(),
+            params: self.params(&[(
+                "database sizes (messages)",
+                sizes
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )]),
+            figures,
+            steps: vec![],
+            notes: vec![
+                "From the admin_backup request to the file written, synced and renamed by the \
+                 client (unencrypted), over QUIC on loopback; the snapshot is the time until the \
+                 server's answer, which it sends once the copy of the database is made."
+                    .into(),
+            ],
+        })
+    }
+}
+
+/// Adds an administrator to a seeded (stopped) data directory; its device token.
+async fn seed_admin(data_dir: &Path) -> anyhow::Result<String> {
+    let phc = tokio::task::spawn_blocking(|| auth::hash_password(PASSWORD))
+        .await?
+        .map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
+    let (store, writer) = Store::open(&data_dir.join(quince::server::DB_FILE), 64 << 20)?;
+    let mut invite = [0u8; 32];
+    rand::fill(&mut invite);
+    let (token, token_hash) = auth::new_token();
+    store
+        .write(WriteOp::CreateInvite {
+            token_hash: invite,
+            role: Role::Admin,
+            expires: u64::MAX,
+            created_by: 0,
+        })
+        .await?;
+    store
+        .write(WriteOp::Register {
+            invite_hash: invite,
+            username: "benchadmin".into(),
+            password: phc,
+            device: "bench".into(),
+            token_hash,
+            now: 0,
+        })
+        .await?;
+    drop(store);
+    tokio::task::spawn_blocking(move || writer.join()).await?;
+    Ok(token)
 }
 
 /// Whether a step kept up (everything delivered, no errors), whatever its latency.

@@ -30,18 +30,20 @@ impl TestServer {
     }
 
     pub fn start_on(dir: &Path, listen: SocketAddr) -> TestServer {
-        Self::launch(dir, listen, &[])
+        Self::start_with(dir, listen, &[])
     }
 
-    /// Starts a server with `options` (TOML) as its configuration file.
-    pub fn start_with(dir: &Path, options: &str) -> TestServer {
+    /// Starts a server on a free loopback port with `options` (TOML) as its
+    /// configuration file.
+    pub fn start_configured(dir: &Path, options: &str) -> TestServer {
         let file = dir.with_extension("toml");
         std::fs::write(&file, options).expect("write the configuration");
         let config = ["--config", file.to_str().expect("UTF-8 path")];
-        Self::launch(dir, "127.0.0.1:0".parse().unwrap(), &config)
+        Self::start_with(dir, "127.0.0.1:0".parse().unwrap(), &config)
     }
 
-    fn launch(dir: &Path, listen: SocketAddr, extra: &[&str]) -> TestServer {
+    /// Starts a server with extra `quince serve` arguments (e.g. `--config FILE`).
+    pub fn start_with(dir: &Path, listen: SocketAddr, extra: &[&str]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quince"))
             .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
             .arg(dir)
