@@ -156,6 +156,17 @@ impl Vm {
     /// Boots with given (QUIC, SSH, closed) host ports: clients' profiles
     /// remember the server's address, so a second boot must keep it.
     fn boot_on(disk: &Disk, key: &Path, uefi: bool, ports: (u16, u16, u16)) -> Vm {
+        Vm::boot_with(disk, key, uefi, ports, &[])
+    }
+
+    /// Boots with more QEMU arguments (devices).
+    fn boot_with(
+        disk: &Disk,
+        key: &Path,
+        uefi: bool,
+        ports: (u16, u16, u16),
+        extra: &[String],
+    ) -> Vm {
         let (quic_port, ssh_port, closed_port) = ports;
         let console = disk.dir.path().join(format!("console-{quic_port}.log"));
         let qmp = disk.dir.path().join(format!("qmp-{quic_port}.sock"));
@@ -164,6 +175,7 @@ impl Vm {
             .arg(&disk.path)
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .args(extra)
             .env("QUIC_PORT", quic_port.to_string())
             .env("SSH_PORT", ssh_port.to_string())
             .env(
@@ -654,13 +666,39 @@ fn watchdog_resets_a_frozen_quince_but_not_a_clean_stop() {
     let (key, public) = ssh_key(keys.path());
     let disk = Disk::copy_of_image(None);
     disk.write_boot_file("authorized_keys", &public);
-    disk.write_boot_file("quince.toml", "watchdog_timeout_secs = 5\n");
+    // Also: scheduled backups (every 3.6 s, the newest 2 kept) onto a USB
+    // stick labelled QUINCE-BAK, which the boot mounts at /media/backup.
+    disk.write_boot_file(
+        "quince.toml",
+        "watchdog_timeout_secs = 5\n\
+         [backup]\ndir = \"/media/backup\"\ninterval_hours = 0.001\nkeep = 2\n",
+    );
+    let stick = disk.dir.path().join("stick.img");
+    let out = run(Command::new("mkfs.vfat")
+        .args(["-C", "-n", "QUINCE-BAK"])
+        .arg(&stick)
+        .arg("65536"));
+    assert!(out.status.success(), "{out:?}");
+    let usb_stick = [
+        "-device".to_string(),
+        "qemu-xhci".into(),
+        "-drive".into(),
+        format!("if=none,id=stick,format=raw,file={}", stick.display()),
+        "-device".into(),
+        "usb-storage,drive=stick".into(),
+    ];
     // The firmware's banner starts every boot, the first and each reset.
     let boots = |vm: &Vm| vm.console().matches("SeaBIOS (version").count();
 
-    let mut vm = Vm::boot(&disk, &key, false);
+    let ports = (free_port(), free_port(), free_port());
+    let mut vm = Vm::boot_with(&disk, &key, false, ports, &usb_stick);
     vm.wait_console("listening on");
     assert!(vm.console().contains("watchdog armed"), "{}", vm.console());
+    assert!(
+        vm.console().contains("(vfat) mounted at /media/backup"),
+        "{}",
+        vm.console()
+    );
     let (fingerprint, invite) = welcome(&disk);
     let dave = User::new("dave");
     dave.register(&vm, &invite.expect("invite"), &fingerprint);
@@ -710,11 +748,77 @@ fn watchdog_resets_a_frozen_quince_but_not_a_clean_stop() {
         history.contains("acknowledged before the freeze"),
         "{history}"
     );
+    // Let the schedule write a backup with the message in it.
+    std::thread::sleep(Duration::from_secs(8));
     vm.power_off();
     let (clean, report) = disk.data_is_clean();
     assert!(
         clean,
         "e2fsck -fn after the reset and a power-off:\n{report}"
+    );
+
+    // The stick holds exactly the newest 2 backups; the newest restores on the
+    // host into a server with the appliance's certificate and the message.
+    let listing = run(Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(&stick)
+        .arg("::"));
+    let mut backups: Vec<String> = stdout(&listing)
+        .lines()
+        .map(|l| l.trim().trim_start_matches("::/").to_string())
+        .filter(|name| name.starts_with("quince-") && name.ends_with(".qbk"))
+        .collect();
+    backups.sort();
+    assert_eq!(backups.len(), 2, "{listing:?}");
+    let newest = disk.dir.path().join(&backups[1]);
+    let out = run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&stick)
+        .arg(format!("::/{}", backups[1]))
+        .arg(&newest));
+    assert!(out.status.success(), "{out:?}");
+    let restored = disk.dir.path().join("restored");
+    let out = run(Command::new(env!("CARGO_BIN_EXE_quince"))
+        .args(["restore", "--data-dir"])
+        .arg(&restored)
+        .arg(&newest));
+    assert!(out.status.success(), "{out:?}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_quince"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&restored)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let (mut addr, mut restored_fingerprint) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            addr = rest.split_whitespace().next().map(|a| a.to_string());
+        }
+        if let Some(fp) = line.strip_prefix("certificate fingerprint (SHA-256): ") {
+            restored_fingerprint = Some(fp.trim().to_string());
+            break;
+        }
+    }
+    assert_eq!(restored_fingerprint.as_deref(), Some(fingerprint.as_str()));
+    let history = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let addr = addr.expect("listening").parse().unwrap();
+        let trust = quince::client::Trust::Pinned(fingerprint.clone());
+        let erin = quince::client::Client::connect(addr, trust).await.unwrap();
+        erin.login("erin", "erin-password-1234", "restored")
+            .await
+            .unwrap();
+        let conv = erin.conversations().await.unwrap().conversations[0].conv;
+        erin.history(conv, None, None, 50).await.unwrap().messages
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        history.iter().any(|m| matches!(&m.body,
+            quince::protocol::Body::Text { text, .. } if text == "acknowledged before the freeze")),
+        "{history:?}"
     );
 }
 
