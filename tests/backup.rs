@@ -413,21 +413,14 @@ async fn scheduled_backups_keep_the_newest_and_report_failures() {
     std::fs::write(backups.join("notes.txt"), "not ours").unwrap();
     let pass_file = dir.path().join("pass");
     std::fs::write(&pass_file, "scheduled secret\n").unwrap();
-    let config = dir.path().join("quince.toml");
     // 0.0003 hours is about a second.
-    std::fs::write(
-        &config,
-        format!(
+    let server = TestServer::start_configured(
+        &dir.path().join("data"),
+        &format!(
             "[backup]\ndir = {:?}\ninterval_hours = 0.0003\nkeep = 2\npassphrase_file = {:?}\n",
             p(&backups),
             p(&pass_file)
         ),
-    )
-    .unwrap();
-    let server = TestServer::start_with(
-        &dir.path().join("data"),
-        "127.0.0.1:0".parse().unwrap(),
-        &["--config", p(&config)],
     );
     let admin = server.admin().await;
     let alice = server.user(&admin, "alice").await;
@@ -489,18 +482,12 @@ async fn scheduled_backups_keep_the_newest_and_report_failures() {
     // A backup directory that is not there (the stick is not plugged in):
     // the failure shows in admin status.
     let missing = dir.path().join("no-stick");
-    std::fs::write(
-        &config,
-        format!(
+    let server = TestServer::start_configured(
+        &dir.path().join("data2"),
+        &format!(
             "[backup]\ndir = {:?}\ninterval_hours = 0.0003\n",
             p(&missing)
         ),
-    )
-    .unwrap();
-    let server = TestServer::start_with(
-        &dir.path().join("data2"),
-        "127.0.0.1:0".parse().unwrap(),
-        &["--config", p(&config)],
     );
     let admin = server.admin().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -539,15 +526,9 @@ async fn scheduled_backups_keep_the_newest_and_report_failures() {
         unwritable.push((ro, "permission denied"));
     }
     for (i, (target, expect)) in unwritable.iter().enumerate() {
-        std::fs::write(
-            &config,
-            format!("[backup]\ndir = {:?}\ninterval_hours = 1\n", p(target)),
-        )
-        .unwrap();
-        let server = TestServer::start_with(
+        let server = TestServer::start_configured(
             &dir.path().join(format!("data-unwritable-{i}")),
-            "127.0.0.1:0".parse().unwrap(),
-            &["--config", p(&config)],
+            &format!("[backup]\ndir = {:?}\ninterval_hours = 1\n", p(target)),
         );
         let admin = server.admin().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -568,16 +549,9 @@ async fn scheduled_backups_keep_the_newest_and_report_failures() {
 
 /// Starts a server whose `[backup]` writes hourly into `backups`.
 fn hourly(dir: &Path, name: &str, backups: &Path) -> TestServer {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!("[backup]\ndir = {:?}\ninterval_hours = 1\n", p(backups)),
-    )
-    .unwrap();
-    TestServer::start_with(
+    TestServer::start_configured(
         &dir.join(name),
-        "127.0.0.1:0".parse().unwrap(),
-        &["--config", p(&config)],
+        &format!("[backup]\ndir = {:?}\ninterval_hours = 1\n", p(backups)),
     )
 }
 

@@ -945,6 +945,24 @@ fn power_cuts_lose_no_acknowledged_message() {
     );
 }
 
+/// The texts of a logged-in client's first conversation, oldest first.
+async fn conversation_texts(client: &quince::client::Client) -> Vec<String> {
+    let conv = client.conversations().await.unwrap().conversations[0].conv;
+    let (mut texts, mut after) = (Vec::new(), 0);
+    loop {
+        let page = client.history(conv, Some(after), None, 500).await.unwrap();
+        for m in &page.messages {
+            if let quince::protocol::Body::Text { text, .. } = &m.body {
+                texts.push(text.clone());
+            }
+            after = m.seq;
+        }
+        if !page.more {
+            return texts;
+        }
+    }
+}
+
 /// A 64 MiB FAT USB stick labelled QUINCE-BAK (the appliance mounts it at
 /// /media/backup), and the QEMU arguments that plug it in.
 fn backup_stick(dir: &Path) -> (PathBuf, Vec<String>) {
@@ -1025,20 +1043,7 @@ fn restored_texts(
         let trust = quince::client::Trust::Pinned(fingerprint.to_string());
         let client = quince::client::Client::connect(addr, trust).await.unwrap();
         client.login(user, password, "restored").await.unwrap();
-        let conv = client.conversations().await.unwrap().conversations[0].conv;
-        let (mut texts, mut after) = (Vec::new(), 0);
-        loop {
-            let page = client.history(conv, Some(after), None, 500).await.unwrap();
-            for m in &page.messages {
-                if let quince::protocol::Body::Text { text, .. } = &m.body {
-                    texts.push(text.clone());
-                }
-                after = m.seq;
-            }
-            if !page.more {
-                return texts;
-            }
-        }
+        conversation_texts(&client).await
     });
     let _ = server.kill();
     let _ = server.wait();
@@ -1057,7 +1062,7 @@ mod nut;
 #[ignore = "boots the appliance image in QEMU; run by `make test-image`"]
 fn ups_low_battery_and_sigpwr_power_the_appliance_off() {
     use quince::client::{Client, Trust};
-    use quince::protocol::{Body, ErrorCode, PowerState, Target};
+    use quince::protocol::{ErrorCode, PowerState, Target};
 
     let grace = 5;
     let mut ups = nut::Ups::start(std::net::Ipv4Addr::LOCALHOST);
@@ -1138,20 +1143,7 @@ fn ups_low_battery_and_sigpwr_power_the_appliance_off() {
                 }
             };
             bob.resume(bob_token).await.unwrap();
-            let conv = bob.conversations().await.unwrap().conversations[0].conv;
-            let (mut texts, mut after) = (Vec::new(), 0);
-            loop {
-                let page = bob.history(conv, Some(after), None, 500).await.unwrap();
-                for m in &page.messages {
-                    if let Body::Text { text, .. } = &m.body {
-                        texts.push(text.clone());
-                    }
-                    after = m.seq;
-                }
-                if !page.more {
-                    return texts;
-                }
-            }
+            conversation_texts(&bob).await
         })
     };
     let wait_power_off = |vm: &mut Vm, what: &str| -> Duration {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::nut::{UPS_NAME, Ups};
 use common::*;
 use quince::client::Client;
-use quince::protocol::{Body, ErrorCode, PowerNotice, PowerState, Target};
+use quince::protocol::{ErrorCode, PowerNotice, PowerState, Target};
 use tokio::sync::watch;
 
 /// Exit status of `quince serve` after a power-loss shutdown.
@@ -72,20 +72,7 @@ async fn all_acknowledged_are_stored(dir: &std::path::Path, acked: &[String]) {
     let bob = server.connect().await;
     bob.login("bob", &password("bob"), "check").await.unwrap();
     let conv = bob.conversations().await.unwrap().conversations[0].conv;
-    let mut stored = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = bob.history(conv, Some(after), None, 500).await.unwrap();
-        for m in &page.messages {
-            if let Body::Text { text, .. } = &m.body {
-                stored.push(text.clone());
-            }
-            after = m.seq;
-        }
-        if !page.more {
-            break;
-        }
-    }
+    let stored = conversation_texts(&bob, conv).await;
     // The one in flight when writes stopped may or may not be stored, so
     // compare the acknowledged prefix.
     assert!(

@@ -43,7 +43,7 @@ impl TestServer {
     }
 
     /// Starts a server with extra `quince serve` arguments (e.g. `--config FILE`).
-    pub fn start_with(dir: &Path, listen: SocketAddr, extra: &[&str]) -> TestServer {
+    fn start_with(dir: &Path, listen: SocketAddr, extra: &[&str]) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quince"))
             .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
             .arg(dir)
@@ -183,6 +183,23 @@ pub async fn next(inbox: &mut mpsc::Receiver<Message>) -> Message {
 pub async fn nothing(inbox: &mut mpsc::Receiver<Message>, wait: Duration) {
     if let Ok(Some(m)) = tokio::time::timeout(wait, inbox.recv()).await {
         panic!("expected no message, got {m:?}");
+    }
+}
+
+/// The texts of `conv` as `client` sees it, oldest first.
+pub async fn conversation_texts(client: &Client, conv: u64) -> Vec<String> {
+    let (mut texts, mut after) = (Vec::new(), 0);
+    loop {
+        let page = client.history(conv, Some(after), None, 500).await.unwrap();
+        for m in &page.messages {
+            if let quince::protocol::Body::Text { text, .. } = &m.body {
+                texts.push(text.clone());
+            }
+            after = m.seq;
+        }
+        if !page.more {
+            return texts;
+        }
     }
 }
 
