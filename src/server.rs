@@ -4,6 +4,10 @@
 //! accepting, every connection stops reading new requests and finishes the ones
 //! it has (their commits are answered), connections are closed with the
 //! `shutdown` code, and the store's writer commits what is queued and exits.
+//! A power loss (see [`crate::power`]) takes the same path, after first
+//! refusing new writes for a second so clients hear `shutting_down`, and
+//! [`Server::run`] then says so, for `quince serve` to exit with
+//! [`EXIT_POWER_OFF`].
 
 use std::future::Future;
 use std::net::SocketAddr;
