@@ -3,7 +3,7 @@
 //! Three sources can say the mains is gone, and a box may have any of them:
 //!
 //! * a Network UPS Tools server (`upsd`), asked for `ups.status` every
-//!   [`NUT_POLL`] — how most UPSes (USB ones through NUT's drivers) and many Pi
+//!   2 s — how most UPSes (USB ones through NUT's drivers) and many Pi
 //!   UPS HATs report;
 //! * a GPIO line (the power-loss pin of a UPS HAT), through the Linux GPIO
 //!   character device;
