@@ -945,24 +945,6 @@ fn power_cuts_lose_no_acknowledged_message() {
     );
 }
 
-/// The texts of a logged-in client's first conversation, oldest first.
-async fn conversation_texts(client: &quince::client::Client) -> Vec<String> {
-    let conv = client.conversations().await.unwrap().conversations[0].conv;
-    let (mut texts, mut after) = (Vec::new(), 0);
-    loop {
-        let page = client.history(conv, Some(after), None, 500).await.unwrap();
-        for m in &page.messages {
-            if let quince::protocol::Body::Text { text, .. } = &m.body {
-                texts.push(text.clone());
-            }
-            after = m.seq;
-        }
-        if !page.more {
-            return texts;
-        }
-    }
-}
-
 /// A 64 MiB FAT USB stick labelled QUINCE-BAK (the appliance mounts it at
 /// /media/backup), and the QEMU arguments that plug it in.
 fn backup_stick(dir: &Path) -> (PathBuf, Vec<String>) {
@@ -1043,15 +1025,16 @@ fn restored_texts(
         let trust = quince::client::Trust::Pinned(fingerprint.to_string());
         let client = quince::client::Client::connect(addr, trust).await.unwrap();
         client.login(user, password, "restored").await.unwrap();
-        conversation_texts(&client).await
+        let conv = client.conversations().await.unwrap().conversations[0].conv;
+        conversation_texts(&client, conv).await
     });
     let _ = server.kill();
     let _ = server.wait();
     messages
 }
 
-#[path = "common/nut.rs"]
-mod nut;
+mod common;
+use common::{conversation_texts, nut};
 
 /// The UPS says the battery is low, or SIGPWR says the power failed: quince
 /// refuses writes, stops, and the appliance powers itself off cleanly; every
@@ -1143,7 +1126,8 @@ fn ups_low_battery_and_sigpwr_power_the_appliance_off() {
                 }
             };
             bob.resume(bob_token).await.unwrap();
-            conversation_texts(&bob).await
+            let conv = bob.conversations().await.unwrap().conversations[0].conv;
+            conversation_texts(&bob, conv).await
         })
     };
     let wait_power_off = |vm: &mut Vm, what: &str| -> Duration {
