@@ -37,6 +37,9 @@ pub struct Config {
     pub watchdog: Option<PathBuf>,
     /// Seconds without a pet before the hardware resets the machine.
     pub watchdog_timeout_secs: u64,
+    /// Which cipher suite the server prefers: `auto` (ChaCha20-Poly1305 when
+    /// the CPU has no AES instructions, as on a Raspberry Pi 4), `chacha20` or `aes`.
+    pub tls_prefer: crate::tls::TlsPrefer,
     /// UPS and power-loss handling (the `[power]` table).
     pub power: crate::power::PowerConfig,
     /// The appliance's system settings (network, host name, time). The server
@@ -96,6 +99,7 @@ impl Default for Config {
             invite_ttl_hours: 24 * 7,
             watchdog: None,
             watchdog_timeout_secs: 15,
+            tls_prefer: Default::default(),
             power: Default::default(),
             system: toml::Table::new(),
             backup: BackupConfig::default(),

@@ -208,13 +208,24 @@ impl Server {
         } = DataDir::open(&config).await?;
         let fingerprint = identity.fingerprint();
 
-        let mut crypto = rustls::ServerConfig::builder_with_provider(tls::provider())
+        let suites = tls::choose_suites(config.tls_prefer, tls::cpu_has_aes());
+        tracing::info!(
+            preferred = suites.preferred(),
+            reason = suites.reason,
+            "TLS cipher suite order"
+        );
+        let mut crypto = rustls::ServerConfig::builder_with_provider(tls::provider_for(suites))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(TlsError::from)?
             .with_no_client_auth()
             .with_single_cert(identity.chain, identity.key)
             .map_err(TlsError::from)?;
         crypto.alpn_protocols = vec![ALPN.to_vec()];
+        // A server without AES instructions picks ChaCha20 even for a client
+        // that lists AES-GCM first: the client (a PC) handles either quickly,
+        // the server would not. With AES, the client's order wins, so a Pi 4
+        // client still gets the ChaCha20 it asks for.
+        crypto.ignore_client_order = suites.chacha_first;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
