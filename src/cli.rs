@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use quince::client::{Client, Trust};
-use quince::protocol::{Body, ConvKind, Message, PowerNotice, PowerState, Role, Target};
+use quince::protocol::{
+    Body, ConvKind, Message, PowerNotice, PowerState, Role, Target, Throttling,
+};
 use tokio::io::AsyncBufReadExt;
 
 use crate::profile::{self, Profile};
@@ -329,6 +331,7 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
                         Some(t) => println!("temperature    {t:.1} °C"),
                         None => println!("temperature    (no sensor)"),
                     }
+                    println!("throttling     {}", throttling_line(s.throttling.as_ref()));
                     let power = match (s.power.state, s.power.shutdown_in_secs) {
                         (PowerState::Online, _) => "mains (or no UPS watched)".to_string(),
                         (PowerState::OnBattery, Some(secs)) => {
@@ -358,6 +361,57 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// One line for `admin status`: what slows the CPU now, what the firmware
+/// flagged earlier, and the clock. Only what the server could find out is named.
+fn throttling_line(t: Option<&Throttling>) -> String {
+    let Some(t) = t else {
+        return "(not reported)".into();
+    };
+    let named = |flags: [(Option<bool>, &'static str); 4]| {
+        let known = flags.iter().any(|(f, _)| f.is_some());
+        let set: Vec<&str> = flags
+            .iter()
+            .filter(|(f, _)| *f == Some(true))
+            .map(|(_, name)| *name)
+            .collect();
+        (known, set)
+    };
+    let (now_known, now) = named([
+        (t.under_voltage, "UNDER-VOLTAGE"),
+        (t.frequency_capped, "frequency capped"),
+        (t.throttled, "throttled"),
+        (t.soft_temp_limit, "soft temperature limit"),
+    ]);
+    let (_, before) = named([
+        (t.under_voltage_occurred, "under-voltage"),
+        (t.frequency_capped_occurred, "frequency capped"),
+        (t.throttled_occurred, "throttled"),
+        (t.soft_temp_limit_occurred, "soft temperature limit"),
+    ]);
+    let mut parts = Vec::new();
+    if now_known {
+        parts.push(if now.is_empty() {
+            "none now".to_string()
+        } else {
+            format!("now {}", now.join(", "))
+        });
+    }
+    if !before.is_empty() {
+        parts.push(format!("earlier {}", before.join(", ")));
+    }
+    match (t.cpu_mhz, t.cpu_max_mhz) {
+        (Some(cur), Some(max)) => parts.push(format!("CPU {cur} of {max} MHz")),
+        (Some(cur), None) => parts.push(format!("CPU {cur} MHz")),
+        (None, Some(max)) => parts.push(format!("CPU up to {max} MHz")),
+        (None, None) => {}
+    }
+    if parts.is_empty() {
+        "(not reported)".into()
+    } else {
+        parts.join("; ")
+    }
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -636,4 +690,41 @@ async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
     }
     client.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_line_names_what_is_known() {
+        assert_eq!(throttling_line(None), "(not reported)");
+        let pi = Throttling {
+            under_voltage: Some(true),
+            under_voltage_occurred: Some(true),
+            frequency_capped: Some(false),
+            frequency_capped_occurred: Some(false),
+            throttled: Some(true),
+            throttled_occurred: Some(true),
+            soft_temp_limit: Some(false),
+            soft_temp_limit_occurred: Some(false),
+            cpu_mhz: Some(600),
+            cpu_max_mhz: Some(1800),
+        };
+        assert_eq!(
+            throttling_line(Some(&pi)),
+            "now UNDER-VOLTAGE, throttled; earlier under-voltage, throttled; CPU 600 of 1800 MHz"
+        );
+        let pc = Throttling {
+            frequency_capped: Some(false),
+            cpu_mhz: Some(3900),
+            cpu_max_mhz: Some(4200),
+            ..Throttling::default()
+        };
+        assert_eq!(throttling_line(Some(&pc)), "none now; CPU 3900 of 4200 MHz");
+        assert_eq!(
+            throttling_line(Some(&Throttling::default())),
+            "(not reported)"
+        );
+    }
 }

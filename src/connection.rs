@@ -849,6 +849,7 @@ async fn read(state: &State, auth: &Auth, id: u64, request: Request) -> Reply {
                     memory_total_bytes: machine.total_memory_bytes,
                     load_average: machine.load_average,
                     temperature_c: machine.temperature_c,
+                    throttling: machine.throttling,
                     power: state.power_notice(),
                     backup_last_success: backup.last_success,
                     backup_last_error: backup.last_error,

@@ -408,6 +408,10 @@ pub struct Status {
     pub load_average: [f64; 3],
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature_c: Option<f32>,
+    /// Whether the CPU runs slower than it can, and why; absent on machines
+    /// that report none of it. A throttled Pi is a slow Pi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttling: Option<Throttling>,
     /// Power as the UPS reports it (`online` without one).
     #[serde(default)]
     pub power: PowerNotice,
@@ -421,6 +425,61 @@ pub struct Status {
     /// when scheduled backups are off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_next: Option<u64>,
+}
+
+/// Signs that the machine slows its CPU down: the Raspberry Pi firmware's
+/// throttling flags (under-voltage, frequency capping, throttling, the soft
+/// temperature limit) and the kernel's CPU frequency. Each field is absent
+/// when the machine has no source for it, so `false` always means "checked,
+/// and no".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttling {
+    /// The supply voltage is too low (below about 4.63 V on a Pi) now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub under_voltage: Option<bool>,
+    /// Under-voltage has happened since boot, or since the firmware's sticky
+    /// flag was last cleared (Linux's `raspberrypi-hwmon` driver clears it
+    /// on every 2 s poll, so with that driver this means "lately").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub under_voltage_occurred: Option<bool>,
+    /// The CPU's top frequency is capped now (by the firmware, or by the
+    /// kernel lowering the highest allowed frequency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_capped: Option<bool>,
+    /// Frequency capping has happened (the firmware's sticky flag, as above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_capped_occurred: Option<bool>,
+    /// The firmware is throttling the CPU now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<bool>,
+    /// Throttling has happened (the firmware's sticky flag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_occurred: Option<bool>,
+    /// The firmware's soft temperature limit is active now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_temp_limit: Option<bool>,
+    /// The soft temperature limit has been reached (the firmware's sticky flag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_temp_limit_occurred: Option<bool>,
+    /// The CPU's current frequency in MHz (the fastest core, where cores differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_mhz: Option<u32>,
+    /// The CPU's highest frequency in MHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max_mhz: Option<u32>,
+}
+
+impl Throttling {
+    /// True when something slows the CPU down now.
+    pub fn slowed_now(&self) -> bool {
+        [
+            self.under_voltage,
+            self.frequency_capped,
+            self.throttled,
+            self.soft_temp_limit,
+        ]
+        .contains(&Some(true))
+    }
 }
 
 /// Result of `admin_backup`: what the backup stream will carry.
@@ -699,6 +758,46 @@ mod tests {
         ciborium::into_writer(&v, &mut body).unwrap();
         let raw = decode_request(&body).unwrap();
         assert_eq!(raw.parse().unwrap(), None);
+    }
+
+    #[test]
+    fn throttling_fields_are_sent_only_when_known() {
+        let t = Throttling {
+            under_voltage: Some(false),
+            cpu_mhz: Some(1500),
+            ..Throttling::default()
+        };
+        let bytes = encode_ok(1, &t);
+        let Reply::Ok { result, .. } = decode_reply(&bytes[4..]).unwrap() else {
+            panic!("not an ok reply");
+        };
+        let keys: Vec<&str> = result
+            .as_map()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, _)| k.as_text())
+            .collect();
+        assert_eq!(keys, ["under_voltage", "cpu_mhz"]);
+        assert_eq!(decode_result::<Throttling>(result).unwrap(), t);
+        // A status from a server that knows no throttling decodes as None.
+        let status: Status = ciborium::Value::Map(vec![
+            ("version".into(), "0.1.0".into()),
+            ("uptime_secs".into(), 1u64.into()),
+            ("connections".into(), 0u64.into()),
+            ("users".into(), 1u64.into()),
+            ("messages".into(), 0u64.into()),
+            ("store_bytes".into(), 0u64.into()),
+            ("disk_free_bytes".into(), 0u64.into()),
+            ("memory_rss_bytes".into(), 0u64.into()),
+            ("memory_total_bytes".into(), 0u64.into()),
+            (
+                "load_average".into(),
+                ciborium::Value::Array(vec![0.0.into(), 0.0.into(), 0.0.into()]),
+            ),
+        ])
+        .deserialized()
+        .unwrap();
+        assert_eq!(status.throttling, None);
     }
 
     #[test]
