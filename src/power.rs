@@ -6,7 +6,7 @@
 //!   2 s — how most UPSes (USB ones through NUT's drivers) and many Pi
 //!   UPS HATs report;
 //! * a GPIO line (the power-loss pin of a UPS HAT), through the Linux GPIO
-//!   character device;
+//!   character device; [`Hat`] presets the line of HATs quince knows;
 //! * SIGPWR, the traditional signal a UPS daemon sends, with the SysV
 //!   convention of a status file saying `OK`, `FAIL` or `LOW`.
 //!
@@ -50,8 +50,13 @@ pub struct PowerConfig {
     pub gpio_chip: Option<PathBuf>,
     /// Offset of that line on the chip.
     pub gpio_line: Option<u32>,
-    /// Level of the line while the mains is lost: `high` or `low`.
-    pub gpio_power_lost: Level,
+    /// Level of the line while the mains is lost: `high` or `low` (`high`
+    /// when not given).
+    pub gpio_power_lost: Option<Level>,
+    /// A UPS HAT whose power-loss pin quince knows: fills in whichever of
+    /// `gpio_chip`, `gpio_line` and `gpio_power_lost` are not given. Off by
+    /// default: see [`Hat`] for why.
+    pub hat: Option<Hat>,
     /// React to SIGPWR, reading `sigpwr_status_file` for what it means.
     pub sigpwr: bool,
     /// SysV power status file (`OK`, `FAIL`, `LOW`; first letter counts).
@@ -68,7 +73,8 @@ impl Default for PowerConfig {
             nut_ups: "ups".into(),
             gpio_chip: None,
             gpio_line: None,
-            gpio_power_lost: Level::High,
+            gpio_power_lost: None,
+            hat: None,
             sigpwr: true,
             sigpwr_status_file: PathBuf::from("/run/powerstatus"),
             grace_secs: 120,
@@ -82,6 +88,109 @@ impl Default for PowerConfig {
 pub enum Level {
     High,
     Low,
+}
+
+/// UPS HATs for the Raspberry Pi that signal a mains failure on a GPIO pin.
+///
+/// Never assumed: on a Pi without the HAT the same pin floats or is pulled
+/// up, reads "power lost", and the server would shut the machine down after
+/// the grace time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hat {
+    /// Geekworm (SupTronics) X728: BCM GPIO6 goes high when the external
+    /// power is lost (on board v2.x, with the power-loss-detection jumper fitted).
+    X728,
+}
+
+impl Hat {
+    /// Line offset (the BCM GPIO number) and its level while the mains is lost.
+    fn pin(self) -> (u32, Level) {
+        match self {
+            Hat::X728 => (6, Level::High),
+        }
+    }
+}
+
+/// Labels of the GPIO chips that drive the Raspberry Pi's 40-pin header, in
+/// the order they are tried: the Pi 5's RP1, the Pi 4's BCM2711, the Pi 3's
+/// and older BCM2835. Which `/dev/gpiochipN` a label gets depends on the
+/// kernel (the Pi 5's header has been gpiochip4 and gpiochip0), so a HAT's
+/// chip is looked up by label.
+pub const HEADER_CHIP_LABELS: [&str; 3] = ["pinctrl-rp1", "pinctrl-bcm2711", "pinctrl-bcm2835"];
+
+/// The chip to use when no chip has a header label (a kernel that names it
+/// otherwise): where the header is on most Pis.
+const HEADER_CHIP_FALLBACK: &str = "/dev/gpiochip0";
+
+/// Where the power-loss line's chip is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChipRef {
+    /// A configured path.
+    Path(PathBuf),
+    /// The Raspberry Pi header's chip, looked up by [`HEADER_CHIP_LABELS`].
+    PiHeader,
+}
+
+impl ChipRef {
+    /// The chip's device path now. A header chip is looked up each time, as
+    /// the chip may appear after quince starts.
+    fn resolve(&self) -> PathBuf {
+        match self {
+            ChipRef::Path(p) => p.clone(),
+            ChipRef::PiHeader => {
+                let chips: Vec<(PathBuf, String)> = gpiocdev::chip::chips()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|path| {
+                        let label = gpiocdev::Chip::from_path(&path).ok()?.info().ok()?.label;
+                        Some((path, label))
+                    })
+                    .collect();
+                chip_by_label(&chips, &HEADER_CHIP_LABELS)
+                    .unwrap_or_else(|| PathBuf::from(HEADER_CHIP_FALLBACK))
+            }
+        }
+    }
+}
+
+/// The first chip, in the order of `labels`, whose label is one of them.
+fn chip_by_label(chips: &[(PathBuf, String)], labels: &[&str]) -> Option<PathBuf> {
+    labels.iter().find_map(|want| {
+        chips
+            .iter()
+            .find(|(_, label)| label == want)
+            .map(|(path, _)| path.clone())
+    })
+}
+
+/// A GPIO line to watch: its chip, its offset, its level while the mains is lost.
+type GpioLine = (ChipRef, u32, Level);
+
+impl PowerConfig {
+    /// The GPIO line to watch: the configuration's own settings, each missing
+    /// one taken from the HAT preset. Err when a chip is set without a line.
+    fn gpio(&self) -> Result<Option<GpioLine>, String> {
+        let preset = self.hat.map(Hat::pin);
+        let chip = match (&self.gpio_chip, self.hat) {
+            (Some(path), _) => Some(ChipRef::Path(path.clone())),
+            (None, Some(_)) => Some(ChipRef::PiHeader),
+            (None, None) => None,
+        };
+        let line = self.gpio_line.or(preset.map(|(line, _)| line));
+        let lost = self
+            .gpio_power_lost
+            .or(preset.map(|(_, level)| level))
+            .unwrap_or(Level::High);
+        match (chip, line) {
+            (Some(chip), Some(line)) => Ok(Some((chip, line, lost))),
+            (Some(ChipRef::Path(chip)), None) => Err(format!(
+                "power.gpio_chip ({}) is set but power.gpio_line is not; not watching GPIO",
+                chip.display()
+            )),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Which source a report comes from; each keeps its own last word.
@@ -120,9 +229,12 @@ impl Monitor {
         if let Some(addr) = &config.nut {
             tokio::spawn(watch_nut(addr.clone(), config.nut_ups.clone(), tx.clone()));
         }
-        match (&config.gpio_chip, config.gpio_line) {
-            (Some(chip), Some(line)) => {
-                let (chip, level, tx) = (chip.clone(), config.gpio_power_lost, tx.clone());
+        match config.gpio() {
+            Ok(Some((chip, line, level))) => {
+                if let Some(hat) = config.hat {
+                    tracing::info!(?hat, line, ?level, "UPS HAT preset");
+                }
+                let tx = tx.clone();
                 let spawned = std::thread::Builder::new()
                     .name("quince-gpio".into())
                     .spawn(move || watch_gpio(&chip, line, level, tx));
@@ -130,11 +242,8 @@ impl Monitor {
                     tracing::error!(error = %e, "cannot start the GPIO power watcher");
                 }
             }
-            (Some(chip), None) => tracing::error!(
-                chip = %chip.display(),
-                "power.gpio_chip is set but power.gpio_line is not; not watching GPIO"
-            ),
-            _ => {}
+            Ok(None) => {}
+            Err(problem) => tracing::error!("{problem}"),
         }
         if config.sigpwr {
             tokio::spawn(watch_sigpwr(config.sigpwr_status_file.clone(), tx));
@@ -337,9 +446,11 @@ async fn poll_nut(
 /// is read every [`GPIO_RECHECK`]). A chip that is not there
 /// (yet: a USB adapter, a module loaded late) is tried again every
 /// [`GPIO_RETRY`]; the problem is logged once.
-fn watch_gpio(chip: &Path, line: u32, lost: Level, tx: mpsc::Sender<(Source, PowerState)>) {
+fn watch_gpio(chip: &ChipRef, line: u32, lost: Level, tx: mpsc::Sender<(Source, PowerState)>) {
     let mut last_problem = None;
     loop {
+        let chip = chip.resolve();
+        let chip = chip.as_path();
         let problem = match watch_gpio_line(chip, line, lost, &tx) {
             Ok(()) => return, // the monitor is gone: the server is stopping
             Err(e) => e.to_string(),
@@ -441,6 +552,93 @@ fn sigpwr_state(status: &str) -> PowerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn power(toml_text: &str) -> PowerConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn x728_preset_fills_in_what_is_not_given() {
+        assert_eq!(
+            power("hat = \"x728\"").gpio(),
+            Ok(Some((ChipRef::PiHeader, 6, Level::High)))
+        );
+        assert_eq!(
+            power("hat = \"x728\"\ngpio_chip = \"/dev/gpiochip4\"\ngpio_power_lost = \"low\"")
+                .gpio(),
+            Ok(Some((
+                ChipRef::Path("/dev/gpiochip4".into()),
+                6,
+                Level::Low
+            )))
+        );
+        assert_eq!(
+            power("hat = \"x728\"\ngpio_line = 17").gpio(),
+            Ok(Some((ChipRef::PiHeader, 17, Level::High)))
+        );
+        assert!(toml::from_str::<PowerConfig>("hat = \"x999\"").is_err());
+    }
+
+    #[test]
+    fn without_a_hat_nothing_is_watched_and_a_chip_needs_a_line() {
+        assert_eq!(PowerConfig::default().gpio(), Ok(None));
+        assert_eq!(power("gpio_line = 6").gpio(), Ok(None));
+        assert!(power("gpio_chip = \"/dev/gpiochip0\"").gpio().is_err());
+        assert_eq!(
+            power("gpio_chip = \"/dev/gpiochip1\"\ngpio_line = 0").gpio(),
+            Ok(Some((
+                ChipRef::Path("/dev/gpiochip1".into()),
+                0,
+                Level::High
+            )))
+        );
+    }
+
+    #[test]
+    fn the_appliance_files_x728_block_is_off_and_works_when_uncommented() {
+        let text = include_str!("../overlay/usr/share/quince/quince.toml");
+        let config: crate::config::Config = toml::from_str(text).unwrap();
+        assert_eq!(config.power.hat, None);
+        assert_eq!(config.power.gpio(), Ok(None));
+        let line = "# hat = \"x728\"\n";
+        assert_eq!(text.matches(line).count(), 1, "one ready-to-uncomment line");
+        let enabled = text.replace(line, "hat = \"x728\"\n");
+        let config: crate::config::Config = toml::from_str(&enabled).unwrap();
+        assert_eq!(
+            config.power.gpio(),
+            Ok(Some((ChipRef::PiHeader, 6, Level::High)))
+        );
+    }
+
+    #[test]
+    fn header_chip_is_found_by_label() {
+        let chips = |list: &[(&str, &str)]| -> Vec<(PathBuf, String)> {
+            list.iter()
+                .map(|(p, l)| (PathBuf::from(p), l.to_string()))
+                .collect()
+        };
+        // A Pi 5 with the Raspberry Pi kernel: the header is gpiochip4.
+        let pi5 = chips(&[
+            ("/dev/gpiochip0", "gpio-brcmstb@107d508500"),
+            ("/dev/gpiochip1", "gpio-brcmstb@107d508520"),
+            ("/dev/gpiochip4", "pinctrl-rp1"),
+        ]);
+        assert_eq!(
+            chip_by_label(&pi5, &HEADER_CHIP_LABELS),
+            Some(PathBuf::from("/dev/gpiochip4"))
+        );
+        // A Pi 4: the SoC's chip, not the firmware's expander.
+        let pi4 = chips(&[
+            ("/dev/gpiochip0", "pinctrl-bcm2711"),
+            ("/dev/gpiochip1", "raspberrypi-exp-gpio"),
+        ]);
+        assert_eq!(
+            chip_by_label(&pi4, &HEADER_CHIP_LABELS),
+            Some(PathBuf::from("/dev/gpiochip0"))
+        );
+        let pc = chips(&[("/dev/gpiochip0", "INT34C5:00")]);
+        assert_eq!(chip_by_label(&pc, &HEADER_CHIP_LABELS), None);
+    }
 
     #[test]
     fn nut_status_flags() {
