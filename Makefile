@@ -5,7 +5,8 @@
 #   make run     build and run a server on 127.0.0.1:4433 with data in ./quince-data
 #   make test    format check, clippy, then every unit and integration test
 #   make bench   load scenarios against quince and Mosquitto; writes docs/BENCHMARKS.md
-#   make image   the appliance disk image (BOARD=qemu-x86_64) in target/image/BOARD/
+#   make image   the appliance disk image in target/image/BOARD/: BOARD=qemu-x86_64
+#                (default), rpi4 (Raspberry Pi 4) or rpi5 (Raspberry Pi 5)
 #   make qemu    boot that image in QEMU with QUIC and SSH forwarded to loopback
 #   make soak    50 power cuts of the image in QEMU under load (minutes; not in make test)
 #   make clean   remove build output (keeps ./quince-data)
@@ -29,7 +30,7 @@ DATA_DIR ?= ./quince-data
 ARGS ?=
 
 # Steps of `make test`, run in this order; the first failure stops it.
-TEST_STEPS := fmt-check clippy cargo-test test-image
+TEST_STEPS := fmt-check clippy cargo-test test-image test-pi
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
@@ -37,7 +38,7 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --n
 .DEFAULT_GOAL := build
 # The steps must run one after another even under `make -j`.
 .NOTPARALLEL:
-.PHONY: deps test-deps build run test $(TEST_STEPS) bench bench-deps clean image image-deps appliance-binary qemu soak
+.PHONY: deps test-deps build run test $(TEST_STEPS) bench bench-deps clean image image-deps appliance-binary cross-deps qemu soak
 
 deps:
 	@if ! $(CARGO) --version >/dev/null 2>&1; then \
@@ -123,13 +124,14 @@ bench: deps bench-deps build
 
 BOARD ?= qemu-x86_64
 IMAGE_DIR := target/image/$(BOARD)
-RUST_TARGET = $(shell sed -n 's/^RUST_TARGET=//p' board/$(BOARD)/board.conf)
-APPLIANCE_BIN = target/$(RUST_TARGET)/appliance/quince
+RUST_TARGET := $(shell sed -n 's/^RUST_TARGET=//p' board/$(BOARD)/board.conf)
+HOST_TARGET := x86_64-unknown-linux-gnu
 
 # Host tools that build and test the image (none needs root to run).
 IMAGE_TOOLS := mkfs.erofs:erofs-utils mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk \
   mkfs.ext4:e2fsprogs cpio:cpio depmod:kmod xz:xz-utils readelf:binutils \
-  qemu-system-x86_64:qemu-system-x86 nft:nftables ssh:openssh-client ssh-keygen:openssh-client
+  qemu-system-x86_64:qemu-system-x86 qemu-system-aarch64:qemu-system-arm \
+  qemu-aarch64-static:qemu-user-static nft:nftables ssh:openssh-client ssh-keygen:openssh-client
 IMAGE_FILES := /usr/share/OVMF/OVMF_CODE.fd:ovmf
 
 image-deps:
@@ -144,10 +146,49 @@ image-deps:
 	  $(APT_INSTALL) $$(echo $$missing | tr ' ' '\n' | sort -u); \
 	fi
 
+ifeq ($(RUST_TARGET),$(HOST_TARGET))
+APPLIANCE_BIN := target/$(RUST_TARGET)/appliance/quince
+
 # Static (no libc needed on the image), without the bench.
 appliance-binary: deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --locked --profile appliance \
 	  --no-default-features --target $(RUST_TARGET) --bin quince
+else
+# Another architecture (the Raspberry Pi's arm64): rustup here has only its
+# host's standard library, so Debian's Rust (rustc-web, 1.96, which builds the
+# same Cargo.lock) cross-compiles with Debian's arm64 standard library and
+# gcc-aarch64-linux-gnu as the linker (ring's C code builds with it too). The
+# packages are installed on this machine (arm64 added as a foreign
+# architecture); PATH puts Debian's cargo and rustc before rustup's, and a
+# target directory of their own keeps the two compilers' builds apart.
+# Incremental like any cargo build: the second `make image` builds nothing.
+CROSS_GCC := $(subst unknown-,,$(RUST_TARGET))-gcc
+CROSS_PACKAGES := rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+DEBIAN_CARGO := env PATH=/usr/bin:/bin CARGO_HOME=$(HOME)/.cargo CARGO_TARGET_DIR=target/debian-rust \
+  CARGO_TARGET_$(shell echo $(RUST_TARGET) | tr a-z- A-Z_)_LINKER=$(CROSS_GCC) \
+  CC_$(subst -,_,$(RUST_TARGET))=$(CROSS_GCC) /usr/bin/cargo
+APPLIANCE_BIN := target/debian-rust/$(RUST_TARGET)/appliance/quince
+
+cross-deps:
+	@if ! dpkg --print-foreign-architectures | grep -qx arm64; then \
+	  echo "adding arm64 as a foreign architecture (for Debian's arm64 Rust standard library)"; \
+	  $(SUDO) dpkg --add-architecture arm64; \
+	  $(SUDO) apt-get update -qq; \
+	fi
+	@missing=""; \
+	for p in $(CROSS_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing (Debian's Rust cross toolchain)"; \
+	  $(SUDO) apt-get update -qq; \
+	  $(APT_INSTALL) $$missing; \
+	fi
+
+appliance-binary: deps cross-deps
+	RUSTFLAGS="-C target-feature=+crt-static" $(DEBIAN_CARGO) build --locked --profile appliance \
+	  --no-default-features --target $(RUST_TARGET) --bin quince
+endif
 
 IMAGE := $(IMAGE_DIR)/quince-$(BOARD).img
 IMAGE_INPUTS := $(shell find board/common board/$(BOARD) overlay -type f 2>/dev/null)
@@ -201,14 +242,25 @@ $(GPIO_TEST_CHIP): tests/gpio-test-chip/gpio-test-chip.c tests/gpio-test-chip/Kb
 
 test-image: image-deps test-deps image $(GPIO_TEST_CHIP)
 	@echo "==> cargo test --test image (boots the image in QEMU)"
-	PATH="$$PATH:/sbin:/usr/sbin" QUINCE_IMAGE_DIR=$(IMAGE_DIR) QUINCE_GPIO_TEST_CHIP=$(GPIO_TEST_CHIP) \
+	PATH="$$PATH:/sbin:/usr/sbin" QUINCE_GPIO_TEST_CHIP=$(GPIO_TEST_CHIP) \
 	  $(CARGO) test --locked --test image -- --ignored --nocapture --test-threads=1
+
+# The Raspberry Pi images, without a Pi: their SD card layout, the arm64
+# quince under QEMU's user-mode emulator, and the Pi 4 image booted in QEMU's
+# generic arm64 machine with the chat test.
+test-pi: image-deps
+	$(MAKE) --no-print-directory image BOARD=rpi4
+	$(MAKE) --no-print-directory image BOARD=rpi5
+	@echo "==> cargo test --test pi_image (the Pi images; boots one in qemu-system-aarch64)"
+	PATH="$$PATH:/sbin:/usr/sbin" $(CARGO) test --locked --test pi_image -- --ignored --nocapture --test-threads=1
 
 # `make test` makes 3 power cuts; this makes POWER_CUTS (each is a boot, ~20 s).
 POWER_CUTS ?= 50
 soak: image-deps image
-	PATH="$$PATH:/sbin:/usr/sbin" QUINCE_IMAGE_DIR=$(IMAGE_DIR) QUINCE_POWER_CUTS=$(POWER_CUTS) \
+	PATH="$$PATH:/sbin:/usr/sbin" QUINCE_POWER_CUTS=$(POWER_CUTS) \
 	  $(CARGO) test --locked --test image power_cuts -- --ignored --nocapture
 
 clean:
 	$(CARGO) clean
+
+include buildroot/buildroot.mk

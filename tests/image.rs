@@ -6,402 +6,17 @@
 //! line on the host reaching the guest through QEMU's port forwarding, OpenSSH
 //! against the guest's dropbear, mtools and e2fsck on the disk file.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long one boot may take under TCG before the test gives up.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-/// The guest port the firewall test listens on: not in the ruleset.
-const CLOSED_PORT: u16 = 8080;
+mod common;
+use common::appliance::*;
+use common::{conversation_texts, nut};
 
-fn image_dir() -> PathBuf {
-    let dir = std::env::var_os("QUINCE_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/image/qemu-x86_64"));
-    assert!(
-        dir.join("quince-qemu-x86_64.img").exists(),
-        "no image in {}: run `make image` first (make test-image does)",
-        dir.display()
-    );
-    dir
-}
-
-fn free_port() -> u16 {
-    // Both protocols on the same number, so one port serves either use.
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A disk: a copy of the built image, optionally on a bigger "card".
-struct Disk {
-    dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Disk {
-    fn copy_of_image(size: Option<u64>) -> Disk {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk.img");
-        let status = Command::new("cp")
-            .arg("--sparse=always")
-            .arg(image_dir().join("quince-qemu-x86_64.img"))
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        if let Some(size) = size {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_len(size)
-                .unwrap();
-        }
-        Disk { dir, path }
-    }
-
-    /// `path@@1M`: the boot partition, for mtools.
-    fn boot(&self) -> String {
-        format!("{}@@1M", self.path.display())
-    }
-
-    fn read_boot_file(&self, name: &str) -> Option<String> {
-        let out = run(Command::new("mtype")
-            .arg("-i")
-            .arg(self.boot())
-            .arg(format!("::{name}")));
-        out.status.success().then(|| stdout(&out).replace('\r', ""))
-    }
-
-    fn write_boot_file(&self, name: &str, contents: &str) {
-        let local = self.dir.path().join(name);
-        std::fs::write(&local, contents).unwrap();
-        let out = run(Command::new("mcopy")
-            .arg("-o")
-            .arg("-i")
-            .arg(self.boot())
-            .arg(&local)
-            .arg(format!("::{name}")));
-        assert!(out.status.success(), "{out:?}");
-    }
-
-    /// (start, size) in sectors of the GPT partition named `name`, from the disk file.
-    fn partition(&self, name: &str) -> (u64, u64) {
-        let dump = stdout(&run(Command::new("sfdisk").arg("-d").arg(&self.path)));
-        let line = dump
-            .lines()
-            .find(|l| l.contains(&format!("name=\"{name}\"")))
-            .unwrap_or_else(|| panic!("no partition {name} in:\n{dump}"));
-        let field = |key: &str| -> u64 {
-            let (_, fields) = line.split_once(" : ").expect("sfdisk -d line");
-            fields
-                .split(',')
-                .filter_map(|f| f.split_once('='))
-                .find(|(k, _)| k.trim() == key)
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in {line}"))
-        };
-        (field("start"), field("size"))
-    }
-
-    /// `e2fsck -fn` on the data partition: true when the filesystem is clean.
-    fn data_is_clean(&self) -> (bool, String) {
-        let (start, _) = self.partition("data");
-        let out = run(Command::new("e2fsck").arg("-fn").arg(format!(
-            "{}?offset={}",
-            self.path.display(),
-            start * 512
-        )));
-        (
-            out.status.success(),
-            format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr)),
-        )
-    }
-}
-
-/// A running QEMU guest.
-struct Vm {
-    child: Child,
-    console: PathBuf,
-    qmp: PathBuf,
-    quic_port: u16,
-    ssh_port: u16,
-    closed_port: u16,
-    key: PathBuf,
-    started: Instant,
-}
-
-impl Vm {
-    fn boot(disk: &Disk, key: &Path, uefi: bool) -> Vm {
-        Vm::boot_on(disk, key, uefi, (free_port(), free_port(), free_port()))
-    }
-
-    /// Boots with given (QUIC, SSH, closed) host ports: clients' profiles
-    /// remember the server's address, so a second boot must keep it.
-    fn boot_on(disk: &Disk, key: &Path, uefi: bool, ports: (u16, u16, u16)) -> Vm {
-        Vm::boot_with(disk, key, uefi, ports, &[])
-    }
-
-    /// Boots with more QEMU arguments (devices).
-    fn boot_with(
-        disk: &Disk,
-        key: &Path,
-        uefi: bool,
-        ports: (u16, u16, u16),
-        extra: &[String],
-    ) -> Vm {
-        let (quic_port, ssh_port, closed_port) = ports;
-        let console = disk.dir.path().join(format!("console-{quic_port}.log"));
-        let qmp = disk.dir.path().join(format!("qmp-{quic_port}.sock"));
-        let child = Command::new("board/qemu-x86_64/qemu.sh")
-            .arg(image_dir())
-            .arg(&disk.path)
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .args(extra)
-            .env("QUIC_PORT", quic_port.to_string())
-            .env("SSH_PORT", ssh_port.to_string())
-            .env(
-                "EXTRA_HOSTFWD",
-                format!(",hostfwd=tcp:127.0.0.1:{closed_port}-:{CLOSED_PORT}"),
-            )
-            .env("UEFI", if uefi { "1" } else { "0" })
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&console).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("qemu-system-x86_64 (make image-deps installs it)");
-        Vm {
-            child,
-            console,
-            qmp,
-            quic_port,
-            ssh_port,
-            closed_port,
-            key: key.to_path_buf(),
-            started: Instant::now(),
-        }
-    }
-
-    fn console(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
-    }
-
-    /// Waits until the console shows `text`; returns the time since boot.
-    fn wait_console(&mut self, text: &str) -> Duration {
-        self.wait_console_from(0, text)
-    }
-
-    /// Waits until the console shows `text` after its first `from` bytes.
-    fn wait_console_from(&mut self, from: usize, text: &str) -> Duration {
-        while !self.console().get(from..).unwrap_or("").contains(text) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "QEMU exited ({status}) before {text:?}:\n{}",
-                    self.console()
-                );
-            }
-            assert!(
-                self.started.elapsed() < BOOT_TIMEOUT,
-                "no {text:?} on the console after {BOOT_TIMEOUT:?}:\n{}",
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        self.started.elapsed()
-    }
-
-    fn server(&self) -> String {
-        format!("127.0.0.1:{}", self.quic_port)
-    }
-
-    fn ssh_command(&self) -> Command {
-        let mut cmd = Command::new("ssh");
-        cmd.args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=20"])
-        .arg("-p")
-        .arg(self.ssh_port.to_string());
-        cmd
-    }
-
-    /// Runs a shell command in the guest as root over SSH with the test's key.
-    fn ssh(&self, script: &str) -> Output {
-        run(self
-            .ssh_command()
-            .args(["-o", "BatchMode=yes", "-i"])
-            .arg(&self.key)
-            .arg("root@127.0.0.1")
-            .arg(script))
-    }
-
-    fn qmp(&self, command: &str) {
-        let stream = UnixStream::connect(&self.qmp).expect("QMP socket");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap(); // greeting
-        for c in ["qmp_capabilities", command] {
-            writeln!(&stream, "{{\"execute\": \"{c}\"}}").unwrap();
-            // Events (POWERDOWN, ...) can arrive before the reply.
-            loop {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                if !line.contains("\"event\"") {
-                    break;
-                }
-            }
-            assert!(line.contains("\"return\""), "QMP {c}: {line}");
-        }
-    }
-
-    /// Presses the power button and waits for the guest to power off.
-    fn power_off(mut self) -> String {
-        self.qmp("system_powerdown");
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "QEMU: {status}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no power-off 90 s after the power button:\n{}",
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        self.console()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `quince` command-line user with its own profile directory on the host.
-struct User {
-    home: tempfile::TempDir,
-    name: &'static str,
-}
-
-impl User {
-    fn new(name: &'static str) -> User {
-        User {
-            home: tempfile::tempdir().unwrap(),
-            name,
-        }
-    }
-
-    fn quince(&self, args: &[&str]) -> Output {
-        run(Command::new(env!("CARGO_BIN_EXE_quince"))
-            .args(args)
-            .env("QUINCE_HOME", self.home.path())
-            .env("QUINCE_PASSWORD", format!("{}-password-1234", self.name)))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.quince(args);
-        assert!(
-            out.status.success(),
-            "quince {args:?} as {}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout(&out)
-    }
-
-    /// The conversation with `peer`, retrying while the server (just booted)
-    /// is not answering yet.
-    fn history_once_up(&self, peer: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = self.quince(&["history", peer]);
-            if out.status.success() {
-                return stdout(&out);
-            }
-            assert!(Instant::now() < deadline, "{out:?}");
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    fn register(&self, vm: &Vm, invite: &str, fingerprint: &str) {
-        self.ok(&[
-            "register",
-            "--server",
-            &vm.server(),
-            "--invite",
-            invite,
-            "--fingerprint",
-            fingerprint,
-            self.name,
-        ]);
-    }
-}
-
-/// Fingerprint and invite from the welcome file on the boot partition.
-fn welcome(disk: &Disk) -> (String, Option<String>) {
-    let text = disk
-        .read_boot_file("quince-welcome.txt")
-        .expect("quince-welcome.txt on the boot partition");
-    let after = |heading: &str| {
-        let mut lines = text.lines();
-        lines.find(|l| l.starts_with(heading))?;
-        lines.next().map(|l| l.trim().to_string())
-    };
-    let fingerprint = after("Certificate fingerprint").expect("fingerprint");
-    assert_eq!(fingerprint.len(), 64, "{text}");
-    (fingerprint, after("Admin invite"))
-}
-
-fn ssh_key(dir: &Path) -> (PathBuf, String) {
-    let key = dir.join("id_ed25519");
-    let out = run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key));
-    assert!(out.status.success(), "{out:?}");
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    (key, public)
-}
-
-/// Connects to the forwarded port and returns what the guest's listener sent.
-fn banner(port: u16) -> String {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(8)))
-        .unwrap();
-    let mut got = String::new();
-    let _ = stream.read_to_string(&mut got);
-    got
-}
+/// The board these tests boot (board/qemu-x86_64).
+const BOARD: &str = "qemu-x86_64";
 
 #[test]
 #[ignore = "boots the appliance image in QEMU; run by `make test-image`"]
@@ -409,7 +24,7 @@ fn first_boot_chat_power_off_and_boot_again() {
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = ssh_key(keys.path());
     // The image is ~450 MiB; the "card" it is written to is 2 GiB.
-    let disk = Disk::copy_of_image(Some(2 << 30));
+    let disk = Disk::copy_of_image(BOARD, Some(2 << 30));
     let (_, data_size_before) = disk.partition("data");
     disk.write_boot_file("authorized_keys", &public);
     disk.write_boot_file(
@@ -607,7 +222,7 @@ fn first_boot_chat_power_off_and_boot_again() {
 fn uefi_boot_with_invalid_settings_falls_back_to_dhcp() {
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = ssh_key(keys.path());
-    let disk = Disk::copy_of_image(None);
+    let disk = Disk::copy_of_image(BOARD, None);
     disk.write_boot_file("authorized_keys", &public);
     // An address that cannot be: if the boot used it, QEMU's network (which
     // hands out 10.0.2.15 by DHCP) could not reach the guest.
@@ -664,7 +279,7 @@ fn uefi_boot_with_invalid_settings_falls_back_to_dhcp() {
 fn watchdog_resets_a_frozen_quince_but_not_a_clean_stop() {
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = ssh_key(keys.path());
-    let disk = Disk::copy_of_image(None);
+    let disk = Disk::copy_of_image(BOARD, None);
     disk.write_boot_file("authorized_keys", &public);
     disk.write_boot_file("quince.toml", "watchdog_timeout_secs = 5\n");
     // The firmware's banner starts every boot, the first and each reset.
@@ -771,7 +386,7 @@ fn power_cuts_lose_no_acknowledged_message() {
         .unwrap_or(3);
     let keys = tempfile::tempdir().unwrap();
     let (key, _) = ssh_key(keys.path());
-    let disk = Disk::copy_of_image(Some(1 << 30));
+    let disk = Disk::copy_of_image(BOARD, Some(1 << 30));
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     let mut vm = Vm::boot(&disk, &key, false);
@@ -1033,9 +648,6 @@ fn restored_texts(
     messages
 }
 
-mod common;
-use common::{conversation_texts, nut};
-
 /// The UPS says the battery is low, or SIGPWR says the power failed: quince
 /// refuses writes, stops, and the appliance powers itself off cleanly; every
 /// acknowledged message is there at the next boot. The UPS is a real Network
@@ -1051,7 +663,7 @@ fn ups_low_battery_and_sigpwr_power_the_appliance_off() {
     let mut ups = nut::Ups::start(std::net::Ipv4Addr::LOCALHOST);
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = ssh_key(keys.path());
-    let disk = Disk::copy_of_image(None);
+    let disk = Disk::copy_of_image(BOARD, None);
     disk.write_boot_file("authorized_keys", &public);
     disk.write_boot_file(
         "quince.toml",

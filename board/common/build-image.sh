@@ -6,8 +6,8 @@
 #
 # OUT_DIR gets: quince-BOARD.img (write it to a disk), quince-BOARD.img.xz
 # and its .sha256,
-# and the parts: vmlinuz, vmlinux (uncompressed, for fast QEMU boots),
-# initrd.img, root.erofs, cmdline.txt.
+# and the parts: vmlinuz, vmlinux (the kernel QEMU boots fastest), initrd.img,
+# root.erofs, cmdline.txt.
 set -eu
 
 board_name=$1 quince=$2 out=$3
@@ -16,21 +16,28 @@ board=$here/../$board_name
 [ -f "$board/board.conf" ] || { echo "error: no board $board_name (board/$board_name/board.conf)" >&2; exit 1; }
 . "$board/board.conf"
 mkdir -p "$out"
-cache=$(dirname "$out")/debs
+cache=$(cd "$(dirname "$out")" && pwd)/debs
+sources=""
+[ -f "$board/sources.list" ] && sources=$board/sources.list
 
 echo "==> packages ($board/packages)"
-"$here/fetch-packages.sh" "$board/packages" "$DEB_ARCH" "$cache" "$out/pkgroot"
+"$here/fetch-packages.sh" "$board/packages" "$DEB_ARCH" "$cache" "$out/pkgroot" $sources
 
 echo "==> kernel $KERNEL_VERSION"
-cp "$out/pkgroot/boot/vmlinuz-$KERNEL_VERSION" "$out/vmlinuz"
-"$here/extract-vmlinux.sh" "$out/vmlinuz" "$out/vmlinux"
+cp "$out/pkgroot/$KERNEL_IMAGE" "$out/vmlinuz"
+case "$BOOT_METHOD" in
+# x86's vmlinuz is a compressed bzImage; the ELF inside boots faster in QEMU.
+uefi) "$here/extract-vmlinux.sh" "$out/vmlinuz" "$out/vmlinux" ;;
+# arm64's vmlinuz is already the uncompressed Image.
+*) cp "$out/vmlinuz" "$out/vmlinux" ;;
+esac
 cp "$board/cmdline.txt" "$out/cmdline.txt"
 
 echo "==> initramfs"
 "$here/make-initramfs.sh" "$out/pkgroot" "$KERNEL_VERSION" "$board/modules" "$out/initrd.img"
 
 echo "==> root filesystem"
-"$here/make-rootfs.sh" "$out/pkgroot" "$LIB_TRIPLET" "$quince" "$here/../../overlay" "$out/root.erofs"
+QEMU_USER=${QEMU_USER:-} "$here/make-rootfs.sh" "$out/pkgroot" "$LIB_TRIPLET" "$quince" "$here/../../overlay" "$out/root.erofs"
 
 echo "==> disk image"
 image=$out/quince-$board_name.img

@@ -7,7 +7,8 @@
 #
 # WORK holds vmlinuz, initrd.img, root.erofs and the unpacked packages
 # (pkgroot/). Layout, by GPT partition name (the boot finds them by name):
-#   1 boot    FAT32, BOOT_MIB: boot loader, kernel, initramfs, the owner's settings
+#   1 boot    FAT32, BOOT_MIB: boot loader or firmware (boot-$BOOT_METHOD.sh),
+#             kernel, initramfs, the owner's settings
 #   2 root-a  ROOT_MIB: the read-only root filesystem (erofs)
 #   3 root-b  ROOT_MIB: empty, the second slot for A/B updates
 #   4 data    ext4, DATA_MIB: grows to fill the disk on first boot
@@ -26,16 +27,8 @@ overlay=$here/../../overlay
 boot=$work/boot.vfat
 rm -f "$boot"
 mkfs.vfat --invariant -F 32 -n QUINCE -i 51c0b007 -C "$boot" $((BOOT_MIB * 1024)) >/dev/null
-m() { mmd -i "$boot" "$@"; }
+"$here/boot-$BOOT_METHOD.sh" "$board" "$work" "$boot"
 c() { mcopy -i "$boot" "$@"; }
-m ::EFI ::EFI/BOOT ::loader ::loader/entries
-c "$work/pkgroot/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::EFI/BOOT/BOOTX64.EFI
-c "$board/loader.conf" ::loader/loader.conf
-printf 'title quince (root-a)\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' \
-    "$(cat "$board/cmdline.txt")" >"$work/quince-a.conf"
-c "$work/quince-a.conf" ::loader/entries/quince-a.conf
-c "$work/vmlinuz" ::vmlinuz
-c "$work/initrd.img" ::initrd.img
 c "$overlay/usr/share/quince/quince.toml" ::quince.toml
 c "$overlay/usr/share/quince/authorized_keys" ::authorized_keys
 

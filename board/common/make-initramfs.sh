@@ -13,10 +13,17 @@ work=$out.d
 rm -rf "$work"
 mkdir -p "$work/bin" "$work/dev" "$work/proc" "$work/sys" "$work/etc" "$work/lib/modules"
 
-cp "$pkgroot/bin/busybox" "$work/bin/busybox"
+# bookworm has /bin/busybox, trixie /usr/bin/busybox.
+cp "$(ls "$pkgroot/bin/busybox" "$pkgroot/usr/bin/busybox" 2>/dev/null | head -1)" "$work/bin/busybox"
 cp "$here/initramfs-init" "$work/init"
 chmod 0755 "$work/init"
 
+# depmod and modprobe look in lib/modules, where trixie's packages
+# ("merged /usr") have none: they ship usr/lib/modules.
+if [ ! -e "$pkgroot/lib/modules" ] && [ -d "$pkgroot/usr/lib/modules" ]; then
+    mkdir -p "$pkgroot/lib"
+    ln -s ../usr/lib/modules "$pkgroot/lib/modules"
+fi
 # The .deb carries no modules.dep; make one in the unpacked tree.
 depmod -b "$pkgroot" "$kver"
 

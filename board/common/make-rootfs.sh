@@ -4,6 +4,9 @@
 # need.
 #
 #   make-rootfs.sh PKGROOT LIB_TRIPLET QUINCE OVERLAY OUT
+#
+# QEMU_USER (environment): the user-mode emulator that runs the board's
+# busybox when it is another architecture's (qemu-aarch64-static).
 set -eu
 
 pkgroot=$1 triplet=$2 quince=$3 overlay=$4 out=$5
@@ -19,15 +22,24 @@ cp -a "$overlay/." "$root/"
 chmod 0600 "$root/etc/shadow"
 chmod 0700 "$root/root"
 
-cp "$pkgroot/bin/busybox" "$root/bin/busybox"
+# Debian moved busybox to /usr/bin in trixie; the image keeps /bin/busybox.
+busybox=$pkgroot/bin/busybox
+[ -e "$busybox" ] || busybox=$pkgroot/usr/bin/busybox
+cp "$busybox" "$root/bin/busybox"
 # One link per applet, where the applet says it belongs (bin/sh, sbin/init, ...).
-"$pkgroot/bin/busybox" --list-full | while read -r applet; do
+# Only busybox itself knows its applets, so an arm64 busybox runs under QEMU.
+if ! applets=$("$busybox" --list-full 2>/dev/null); then
+    applets=$(${QEMU_USER:?"cannot run $busybox here; set QEMU_USER"} "$busybox" --list-full)
+fi
+echo "$applets" | while read -r applet; do
     [ -e "$root/$applet" ] || [ -L "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
 done
 
 install -m 0755 "$quince" "$root/usr/bin/quince"
 
 grep -v '^[[:space:]]*\(#\|$\)' "$here/rootfs-files" | while read -r path; do
+    # Since trixie ("merged /usr") /sbin/sfdisk is /usr/sbin/sfdisk.
+    [ -e "$pkgroot$path" ] || path=/usr$path
     mkdir -p "$root$(dirname "$path")"
     cp -a "$pkgroot$path" "$root$path"
 done

@@ -2,6 +2,7 @@
 //! redb file in a temporary directory, and connects real clients to it.
 #![allow(dead_code)]
 
+pub mod appliance;
 pub mod nut;
 
 use std::io::{BufRead, BufReader};
