@@ -47,7 +47,7 @@ expected_table() {
     echo "label: gpt"
     echo "label-id: 6C8E6D2A-0F2B-4A8B-9B39-71A1C3E5F000"
     local n=0 name size type
-    for part in "boot $BOOT_MIB C12A7328-F81F-11D2-BA4B-00A0C93EC93B" \
+    for part in "boot $BOOT_MIB $BOOT_PARTITION_TYPE" \
         "root-a $ROOT_MIB $ROOT_PARTITION_TYPE" "root-b $ROOT_MIB $ROOT_PARTITION_TYPE" \
         "data $DATA_MIB 0FC63DAF-8483-4772-8E79-3D69D8477DE4"; do
         read -r name size type <<<"$part"

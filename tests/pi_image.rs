@@ -79,10 +79,11 @@ fn partitions(disk: &Disk) -> Vec<(String, String)> {
 fn check_sd_image(board: &'static str, firmware: &[&str], dtbs: &[&str], console: &str) {
     let disk = Disk::copy_of_image(board, None);
     let arm64_root = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
-    let esp = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+    // "Microsoft basic data": the FAT type all Pi bootloaders read on GPT.
+    let fat = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
     let linux = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
     let expected: Vec<(String, String)> = [
-        ("boot", esp),
+        ("boot", fat),
         ("root-a", arm64_root),
         ("root-b", arm64_root),
         ("data", linux),

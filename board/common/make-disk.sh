@@ -50,7 +50,7 @@ mib=2048 # sectors
 sfdisk -q "$out" <<LAYOUT
 label: gpt
 label-id: 6C8E6D2A-0F2B-4A8B-9B39-71A1C3E5F000
-start=$mib, size=$((BOOT_MIB * mib)), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=boot, uuid=6C8E6D2A-0F2B-4A8B-9B39-71A1C3E5F010
+start=$mib, size=$((BOOT_MIB * mib)), type=$BOOT_PARTITION_TYPE, name=boot, uuid=6C8E6D2A-0F2B-4A8B-9B39-71A1C3E5F010
 size=$((ROOT_MIB * mib)), type=$ROOT_PARTITION_TYPE, name=root-a, uuid=6C8E6D2A-0F2B-4A8B-9B39-71A1C3E5F011
 size=$((ROOT_MIB * mib)), type=$ROOT_PARTITION_TYPE, name=root-b, uuid=6C8E6D2A-0F2B-4A8B-9B39-71A1C3E5F012
 size=$((DATA_MIB * mib)), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=data, uuid=6C8E6D2A-0F2B-4A8B-9B39-71A1C3E5F013
