@@ -218,6 +218,11 @@ SSH_PORT ?= 2222
 # Your SSH public key goes into the copy's authorized_keys.
 SSH_PUBKEY ?= $(firstword $(wildcard $(HOME)/.ssh/id_ed25519.pub $(HOME)/.ssh/id_ecdsa.pub $(HOME)/.ssh/id_rsa.pub))
 qemu: image
+	@if [ ! -x board/$(BOARD)/qemu.sh ]; then \
+	  echo "error: board $(BOARD) has no QEMU machine (board/$(BOARD)/qemu.sh): it boots only on its" >&2; \
+	  echo "hardware. make qemu BOARD=rpi4 runs the same arm64 system in QEMU's virt machine." >&2; \
+	  exit 1; \
+	fi
 	cp --sparse=always $(IMAGE) $(QEMU_DISK)
 	truncate -s $(QEMU_DISK_SIZE) $(QEMU_DISK)
 	@echo "Booting $(QEMU_DISK) (a $(QEMU_DISK_SIZE) disk). Once it says 'listening on':"
