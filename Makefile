@@ -30,7 +30,7 @@ DATA_DIR ?= ./quince-data
 ARGS ?=
 
 # Steps of `make test`, run in this order; the first failure stops it.
-TEST_STEPS := fmt-check clippy cargo-test appliance-binaries test-image test-pi
+TEST_STEPS := fmt-check clippy cargo-test test-image test-pi
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
@@ -189,16 +189,6 @@ appliance-binary: deps cross-deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(DEBIAN_CARGO) build --locked --profile appliance \
 	  --no-default-features --target $(RUST_TARGET) --bin quince
 endif
-
-# `make test` needs quince for x86-64 and for arm64. Each build ends in a long
-# single-threaded step (fat LTO in one codegen unit), so the two run side by
-# side and keep both cores busy; the image steps then find them built.
-appliance-binaries: deps
-	$(MAKE) --no-print-directory cross-deps BOARD=rpi4
-	@echo "==> quince for the appliance images: x86-64 and arm64 side by side"
-	$(MAKE) --no-print-directory appliance-binary BOARD=qemu-x86_64 & x86=$$!; \
-	$(MAKE) --no-print-directory appliance-binary BOARD=rpi4 & arm=$$!; \
-	status=0; wait $$x86 || status=$$?; wait $$arm || status=$$?; exit $$status
 
 IMAGE := $(IMAGE_DIR)/quince-$(BOARD).img
 IMAGE_INPUTS := $(shell find board/common board/$(BOARD) overlay -type f 2>/dev/null)
