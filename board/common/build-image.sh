@@ -6,8 +6,8 @@
 #
 # OUT_DIR gets: quince-BOARD.img (write it to a disk), quince-BOARD.img.xz
 # and its .sha256,
-# and the parts: vmlinuz, vmlinux (the kernel QEMU boots fastest), initrd.img,
-# root.erofs, cmdline.txt.
+# and the parts: vmlinuz, vmlinux (x86: the uncompressed kernel QEMU boots
+# fastest), initrd.img, root.erofs, cmdline.txt.
 set -eu
 
 board_name=$1 quince=$2 out=$3
@@ -25,12 +25,11 @@ echo "==> packages ($board/packages)"
 
 echo "==> kernel $KERNEL_VERSION"
 cp "$out/pkgroot/$KERNEL_IMAGE" "$out/vmlinuz"
-case "$BOOT_METHOD" in
 # x86's vmlinuz is a compressed bzImage; the ELF inside boots faster in QEMU.
-uefi) "$here/extract-vmlinux.sh" "$out/vmlinuz" "$out/vmlinux" ;;
-# arm64's vmlinuz is already the uncompressed Image.
-*) cp "$out/vmlinuz" "$out/vmlinux" ;;
-esac
+# (arm64's vmlinuz is already the uncompressed Image QEMU boots.)
+if [ "$BOOT_METHOD" = uefi ]; then
+    "$here/extract-vmlinux.sh" "$out/vmlinuz" "$out/vmlinux"
+fi
 cp "$board/cmdline.txt" "$out/cmdline.txt"
 
 echo "==> initramfs"

@@ -18,7 +18,7 @@ dir=$1 disk=$2
 shift 2
 cmdline=$(sed -e 's/console=[^ ]*//g' -e 's/  */ /g' "$dir/cmdline.txt")
 exec qemu-system-aarch64 -accel tcg -machine virt -cpu cortex-a72 -smp 2 -m 512 -nographic \
-    -kernel "$dir/vmlinux" -initrd "$dir/initrd.img" -append "$cmdline console=ttyAMA0" \
+    -kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" -append "$cmdline console=ttyAMA0" \
     -drive "file=$disk,if=none,id=disk,format=raw" -device virtio-blk-pci,drive=disk \
     -netdev "user,id=n0,hostfwd=udp:127.0.0.1:${QUIC_PORT:-4433}-:4433,hostfwd=tcp:127.0.0.1:${SSH_PORT:-2222}-:22${EXTRA_HOSTFWD:-}" \
     -device virtio-net-pci,netdev=n0 \
