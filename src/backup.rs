@@ -356,6 +356,7 @@ impl Snapshot {
         let header = crate::protocol::encode_stream_header(&StreamHeader {
             stream: "backup".into(),
             id,
+            offset: None,
         });
         out.write_all(&header).await.map_err(|e| failed(&e))?;
         out.write_all(&self.header).await.map_err(|e| failed(&e))?;

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use quince::client::{Client, Trust};
 use quince::protocol::{
-    Body, ConvKind, Message, PowerNotice, PowerState, Role, Target, Throttling,
+    Body, ConvKind, GroupRole, Message, PowerNotice, PowerState, Role, Target, Throttling,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -425,6 +425,14 @@ fn role(r: Role) -> &'static str {
     }
 }
 
+fn group_role(r: GroupRole) -> &'static str {
+    match r {
+        GroupRole::Owner => "owner",
+        GroupRole::Admin => "admin",
+        GroupRole::Member => "member",
+    }
+}
+
 fn device_name(given: Option<String>) -> String {
     given.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -610,6 +618,19 @@ fn show(m: &Message, me: &str) -> String {
         Body::MemberAdded { user } => format!("* {who} added {user}"),
         Body::MemberRemoved { user } => format!("* {who} removed {user}"),
         Body::MemberLeft { user } => format!("* {user} left"),
+        Body::Recalled {} => format!("* {who} recalled a message"),
+        Body::Edit { of, text } => format!("* {who} edited #{of}: {text}"),
+        Body::Recall { of } => format!("* {who} recalled #{of}"),
+        Body::Reaction { of, emoji, add } => {
+            if *add {
+                format!("* {who} reacted {emoji} to #{of}")
+            } else {
+                format!("* {who} took back {emoji} from #{of}")
+            }
+        }
+        Body::GroupRenamed { name } => format!("* {who} renamed the group to {name}"),
+        Body::RoleChanged { user, role } => format!("* {who} made {user} {}", group_role(*role)),
+        Body::OwnerChanged { user } => format!("* {who} handed the group to {user}"),
     };
     format!("[{}] {text}", clock(m.ts))
 }

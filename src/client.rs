@@ -29,12 +29,12 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::protocol::{
-    self, ALPN, BackupReady, ConvList, Created, Done, ErrorBody, ErrorCode, Event, Invite, MID_LEN,
-    Members, Message, Page, PowerNotice, Reply, Request, Role, SendAck, Session, Status, Target,
-    Users,
+    self, ALPN, AttachmentRef, BackupReady, ConvList, Created, Done, ErrorBody, ErrorCode, Event,
+    Invite, MID_LEN, Members, Message, Page, PowerNotice, Reply, Request, Role, SendAck, Session,
+    Status, Target, Users,
 };
 use crate::stream::{self, FrameReader};
 use crate::tls::PinVerifier;
@@ -42,6 +42,9 @@ pub use crate::tls::Trust;
 
 /// Messages queued for the app before the client stops reading events.
 const INBOX: usize = 1024;
+/// Events other than messages kept for a slow reader of [`Client::events`]
+/// before it starts missing the oldest (they are ephemeral by nature).
+const EVENTS: usize = 1024;
 /// Longest wait before what was handed to the app is acknowledged.
 const ACK_DELAY: Duration = Duration::from_millis(50);
 /// Page size used when catching up.
@@ -110,6 +113,8 @@ struct Inner {
     cursors: Mutex<Option<HashMap<u64, u64>>>,
     /// The server's power state, from its `power` events.
     power: watch::Sender<PowerNotice>,
+    /// Every other event (receipts, presence, typing, deletions), for the app.
+    events: broadcast::Sender<Event>,
     /// The server's unidirectional streams, sorted once something needs them;
     /// the sender ends the sorting task when the client is dropped, so its
     /// handle of the connection does not keep the connection open.
@@ -260,6 +265,7 @@ impl Client {
             device: AtomicU64::new(0),
             cursors: Mutex::new(None),
             power: watch::Sender::new(PowerNotice::default()),
+            events: broadcast::Sender::new(EVENTS),
             streams: std::sync::OnceLock::new(),
         });
         Ok(Client {
@@ -379,6 +385,22 @@ impl Client {
         text: &str,
         ext: Option<Vec<u8>>,
     ) -> Result<SendAck, ClientError> {
+        let draft = Draft {
+            text: text.into(),
+            ext,
+            ..Draft::default()
+        };
+        self.send_draft(to, mid, draft).await
+    }
+
+    /// Sends a message with everything a message can carry: a reply to an
+    /// earlier message, an attachment, application data.
+    pub async fn send_draft(
+        &self,
+        to: Target,
+        mid: [u8; MID_LEN],
+        draft: Draft,
+    ) -> Result<SendAck, ClientError> {
         let (conv, user) = match to {
             Target::Conv(c) => (Some(c), None),
             Target::User(u) => (None, Some(u)),
@@ -387,8 +409,10 @@ impl Client {
             conv,
             user,
             mid: ByteBuf::from(mid.to_vec()),
-            text: text.into(),
-            ext: ext.map(ByteBuf::from),
+            text: draft.text,
+            ext: draft.ext.map(ByteBuf::from),
+            reply_to: draft.reply_to,
+            attachment: draft.attachment,
         };
         let ack: SendAck = self.call(req).await?;
         // Our own message is not echoed back: step the inbox past it.
@@ -607,10 +631,11 @@ impl Client {
         // on it, so it is awaited in the background rather than here.
         let streams = self.streams();
         let power = self.inner.power.clone();
+        let others = self.inner.events.clone();
         tokio::spawn(async move {
             let events = streams.events.lock().await.recv().await;
             if let Some(events) = events {
-                read_events(events, raw_tx, power).await;
+                read_events(events, raw_tx, power, others).await;
             }
         });
         let inbox = Inbox {
@@ -619,6 +644,14 @@ impl Client {
         };
         tokio::spawn(inbox.run(initial, raw_rx));
         Ok(rx)
+    }
+
+    /// Events other than messages and power: read and delivery receipts,
+    /// presence, typing, conversations deleted on another device. Like
+    /// messages they flow once [`Client::subscribe`] has been called; a
+    /// receiver that falls more than 1024 events behind misses the oldest.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
     }
 
     /// The server's power state: `online` until the server says otherwise.
@@ -650,6 +683,18 @@ impl Client {
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.inner.conn.closed().await
     }
+}
+
+/// A message to send: text, and optionally a reply, an attachment and
+/// application data.
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    pub text: String,
+    /// Opaque application payload (up to [`protocol::MAX_EXT`] bytes).
+    pub ext: Option<Vec<u8>>,
+    /// Sequence number of the message this one answers.
+    pub reply_to: Option<u64>,
+    pub attachment: Option<AttachmentRef>,
 }
 
 /// A new message id laid out like a UUIDv7: 48 bits of Unix milliseconds, then
@@ -757,6 +802,7 @@ async fn read_events(
     mut recv: FrameReader,
     out: mpsc::Sender<Message>,
     power: watch::Sender<PowerNotice>,
+    others: broadcast::Sender<Event>,
 ) {
     while let Ok(Some(body)) = recv.next().await {
         match protocol::decode_event(&body) {
@@ -767,6 +813,10 @@ async fn read_events(
             }
             Ok(Event::Power(notice)) => {
                 power.send_replace(notice);
+            }
+            Ok(other) => {
+                // No receiver is fine: the app did not ask for these.
+                let _ = others.send(other);
             }
             // Unknown event types are skipped, as the protocol asks.
             Err(e) => tracing::debug!(error = %e, "skipping an event this client does not know"),

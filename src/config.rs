@@ -47,6 +47,49 @@ pub struct Config {
     pub system: toml::Table,
     /// Scheduled backups (`[backup]`); off unless `dir` is set.
     pub backup: BackupConfig,
+    /// Tell contacts who is online, away or offline. Off: `presence` is
+    /// refused with `disabled` and no presence events are sent.
+    pub presence: bool,
+    /// Pass typing indicators on. Off: `typing` is refused with `disabled`.
+    pub typing: bool,
+    /// Seconds after sending during which a message can be edited.
+    pub edit_window_secs: u64,
+    /// Seconds after sending during which the sender can recall a message
+    /// (group owners and admins can recall any message at any time).
+    pub recall_window_secs: u64,
+    /// Attachments (`[attachments]`).
+    pub attachments: AttachmentsConfig,
+}
+
+/// `[attachments]`: limits on uploaded files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttachmentsConfig {
+    /// Largest file, in MiB.
+    pub max_mb: u64,
+    /// Most a user may have stored (all their uploads together), in MiB.
+    pub quota_mb: u64,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        AttachmentsConfig {
+            max_mb: 100,
+            quota_mb: 1024,
+        }
+    }
+}
+
+impl AttachmentsConfig {
+    /// The size limit in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// The per-user quota in bytes.
+    pub fn quota_bytes(&self) -> u64 {
+        self.quota_mb.saturating_mul(1024 * 1024)
+    }
 }
 
 /// `[backup]`: where and how often the server writes backups of itself.
@@ -103,6 +146,11 @@ impl Default for Config {
             power: Default::default(),
             system: toml::Table::new(),
             backup: BackupConfig::default(),
+            presence: true,
+            typing: true,
+            edit_window_secs: 24 * 3600,
+            recall_window_secs: 120,
+            attachments: AttachmentsConfig::default(),
         }
     }
 }

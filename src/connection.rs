@@ -562,6 +562,8 @@ fn write_op(auth: &Auth, request: &Request) -> Result<Option<WriteOp>, Refusal> 
             mid,
             text,
             ext,
+            reply_to,
+            attachment,
         } => {
             let target = match (conv, user) {
                 (Some(conv), None) => Target::Conv(*conv),
@@ -599,6 +601,8 @@ fn write_op(auth: &Auth, request: &Request) -> Result<Option<WriteOp>, Refusal> 
                 mid,
                 text: text.clone(),
                 ext: ext.clone(),
+                reply_to: *reply_to,
+                attachment: attachment.clone(),
                 now,
             }
         }

@@ -101,6 +101,75 @@ pub enum Request {
         text: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ext: Option<ByteBuf>,
+        /// Sequence number of the message (in the same conversation) this one answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+        /// A file uploaded with `upload_begin`/`upload_finish` (or one already
+        /// in a conversation the sender can read), sent with this message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attachment: Option<AttachmentRef>,
+    },
+    /// Replace the text of one's own message (within the edit window).
+    Edit {
+        conv: u64,
+        seq: u64,
+        text: String,
+    },
+    /// Take back one's own message (within the recall window; group owners
+    /// and admins at any time): its content is removed from the server.
+    Recall {
+        conv: u64,
+        seq: u64,
+    },
+    /// Add (or with `remove`, take away) an emoji reaction to a message.
+    React {
+        conv: u64,
+        seq: u64,
+        emoji: String,
+        #[serde(default)]
+        remove: bool,
+    },
+    /// The user has read `conv` up to `seq` (the read marker; it only moves forward).
+    Read {
+        conv: u64,
+        seq: u64,
+    },
+    /// Every member's delivery and read markers in a conversation.
+    Receipts {
+        conv: u64,
+    },
+    /// Delete a conversation from this user's view: its history up to now is
+    /// no longer shown to any of the user's devices. The other members keep theirs.
+    ConvDelete {
+        conv: u64,
+    },
+    /// This device is `online` (in use) or `away` (idle, in the background).
+    SetPresence {
+        state: PresenceState,
+    },
+    /// Presence of everyone the user shares a conversation with.
+    Presence {},
+    /// The user is typing in `conv` (`active: false`: stopped).
+    Typing {
+        conv: u64,
+        #[serde(default = "yes")]
+        active: bool,
+    },
+    /// Start (or resume) uploading an attachment of `size` bytes with this SHA-256.
+    UploadBegin {
+        size: u64,
+        /// SHA-256 of the whole file, 64 lower-case hex digits.
+        sha256: String,
+    },
+    /// Complete an upload whose bytes have all been sent; checks the SHA-256.
+    UploadFinish {
+        upload: u64,
+    },
+    /// Download an attachment from `offset`; the bytes come on a data stream.
+    Download {
+        id: String,
+        #[serde(default)]
+        offset: u64,
     },
     /// Which conversations have messages this device has not acknowledged.
     Sync {},
@@ -140,6 +209,26 @@ pub enum Request {
     GroupMembers {
         conv: u64,
     },
+    /// Owner: rename the group.
+    GroupRename {
+        conv: u64,
+        name: String,
+    },
+    /// Owner: make a member an admin.
+    GroupPromote {
+        conv: u64,
+        user: String,
+    },
+    /// Owner: make an admin a plain member again.
+    GroupDemote {
+        conv: u64,
+        user: String,
+    },
+    /// Owner: hand the group to another member (the old owner stays as an admin).
+    GroupTransfer {
+        conv: u64,
+        user: String,
+    },
     /// Admin: create an invite token.
     AdminInvite {
         #[serde(default)]
@@ -176,6 +265,18 @@ impl Request {
         "whoami",
         "ping",
         "send",
+        "edit",
+        "recall",
+        "react",
+        "read",
+        "receipts",
+        "conv_delete",
+        "set_presence",
+        "presence",
+        "typing",
+        "upload_begin",
+        "upload_finish",
+        "download",
         "sync",
         "conversations",
         "history",
@@ -185,6 +286,10 @@ impl Request {
         "group_remove",
         "group_leave",
         "group_members",
+        "group_rename",
+        "group_promote",
+        "group_demote",
+        "group_transfer",
         "admin_invite",
         "admin_users",
         "admin_disable",
@@ -240,6 +345,64 @@ pub enum ErrorCode {
     Internal,
     /// The server is already doing this (one backup at a time); try again later.
     Busy,
+    /// The server's administrator has switched this feature off.
+    Disabled,
+    /// Too late: the edit or recall window of the message has passed.
+    TooLate,
+    /// The attachment is over the server's size limit.
+    TooLarge,
+    /// The upload would take the user over their attachment quota.
+    QuotaExceeded,
+    /// The upload has not received all its bytes yet; send the rest, then finish.
+    Incomplete,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A member's place in a group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupRole {
+    #[default]
+    Member,
+    /// Adds and removes members (but not the owner or other admins).
+    Admin,
+    /// One per group: also renames it, promotes and demotes admins, and
+    /// hands ownership on.
+    Owner,
+}
+
+/// An attachment as a `send` names it: the file's id and how to present it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRef {
+    /// The id `upload_finish` returned (the file's SHA-256 in hex).
+    pub id: String,
+    /// File name to show and save as (no directories).
+    pub name: String,
+    /// Media type, e.g. `image/jpeg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime: Option<String>,
+}
+
+/// An attachment as a message carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// One emoji's reactions to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reactions {
+    pub emoji: String,
+    /// Who reacted with it, in the order they did.
+    pub users: Vec<String>,
 }
 
 /// The `err` half of a response.
@@ -259,9 +422,50 @@ pub enum Body {
         text: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ext: Option<ByteBuf>,
+        /// The message this one answers (its sequence number).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attachment: Option<Attachment>,
+        /// When the text was last edited (ms since the epoch); the stored
+        /// message always holds the newest text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edited: Option<u64>,
+        /// Reactions so far, as stored (live devices apply `reaction` events).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reactions: Vec<Reactions>,
+    },
+    /// What is left of a recalled message, and of the edits of one.
+    Recalled {},
+    /// The message `of` now reads `text`.
+    Edit {
+        of: u64,
+        text: String,
+    },
+    /// The message `of` was recalled: forget its content.
+    Recall {
+        of: u64,
+    },
+    /// `emoji` was added to (or with `add: false` taken from) the message `of`.
+    Reaction {
+        of: u64,
+        emoji: String,
+        add: bool,
     },
     GroupCreated {
         name: String,
+    },
+    GroupRenamed {
+        name: String,
+    },
+    /// `user`'s role in the group is now `role` (admin or member).
+    RoleChanged {
+        user: String,
+        role: GroupRole,
+    },
+    /// `user` owns the group now; the previous owner became an admin.
+    OwnerChanged {
+        user: String,
     },
     MemberAdded {
         user: String,
@@ -272,6 +476,20 @@ pub enum Body {
     MemberLeft {
         user: String,
     },
+}
+
+impl Body {
+    /// A plain text body: no reply, attachment, edits or reactions.
+    pub fn text(text: impl Into<String>) -> Body {
+        Body::Text {
+            text: text.into(),
+            ext: None,
+            reply_to: None,
+            attachment: None,
+            edited: None,
+            reactions: Vec::new(),
+        }
+    }
 }
 
 /// One message of a conversation, as stored and as delivered.
@@ -310,6 +528,15 @@ pub struct ConvSummary {
     pub cursor: u64,
     /// False once the user left or was removed (history up to then stays readable).
     pub member: bool,
+    /// The user's read marker: the highest sequence number they have read.
+    #[serde(default)]
+    pub read: u64,
+    /// Messages from others (text and attachments) after the read marker.
+    #[serde(default)]
+    pub unread: u64,
+    /// The newest message the user may read, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<Box<Message>>,
 }
 
 /// Result of `register`, `login` and `resume`.
@@ -359,6 +586,8 @@ pub struct Created {
 pub struct Member {
     pub user: String,
     pub owner: bool,
+    #[serde(default)]
+    pub role: GroupRole,
 }
 
 /// Result of `group_members`.
@@ -492,15 +721,20 @@ pub struct BackupReady {
     pub sha256: String,
 }
 
-/// First frame of a server-opened unidirectional stream that carries data
-/// for a request rather than events: `{"stream": "backup", "id": 7}`. Raw
-/// bytes follow the frame until the stream ends.
+/// First frame of a unidirectional stream that carries data rather than
+/// events: `{"stream": "backup", "id": 7}` from the server (the `id` of the
+/// request it answers: `backup` or `download`), or `{"stream": "upload",
+/// "id": 12, "offset": 0}` from a client (the upload's id, and where its
+/// bytes start). Raw bytes follow the frame until the stream ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamHeader {
-    /// What the stream carries: `"backup"`.
+    /// What the stream carries: `"backup"`, `"download"` or `"upload"`.
     pub stream: String,
-    /// The `id` of the request it answers.
+    /// The `id` of the request it answers, or the upload's id.
     pub id: u64,
+    /// For `upload`: the file offset of the first byte that follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// Encodes a [`StreamHeader`] frame.
@@ -518,11 +752,87 @@ pub fn decode_stream_header(body: &[u8]) -> Option<StreamHeader> {
     Value::Map(entries).deserialized().ok()
 }
 
+/// One member's markers in `receipts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub user: String,
+    /// Highest sequence number one of the user's devices has received.
+    pub delivered: u64,
+    /// The user's read marker.
+    pub read: u64,
+}
+
+/// Result of `receipts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipts {
+    pub conv: u64,
+    pub members: Vec<Receipt>,
+}
+
+/// Whether a user is around.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceState {
+    /// At least one device is connected and in use.
+    Online,
+    /// Connected, but every device is idle.
+    Away,
+    /// No device connected.
+    #[default]
+    Offline,
+}
+
+/// A user's presence, in `presence` results and events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceInfo {
+    pub user: String,
+    pub state: PresenceState,
+    /// When the user's last device disconnected (ms since the epoch), while
+    /// offline; absent when the server has not seen them since it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+}
+
+/// Result of `presence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceList {
+    pub users: Vec<PresenceInfo>,
+}
+
+/// Result of `upload_begin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadSlot {
+    /// The upload's id, for the upload stream and `upload_finish`.
+    pub upload: u64,
+    /// Bytes the server already has (a resumed upload); send from here.
+    pub received: u64,
+}
+
+/// Result of `upload_finish`: the stored file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uploaded {
+    /// The id to name in `send`'s `attachment` (the SHA-256 in hex).
+    pub id: String,
+    pub size: u64,
+}
+
+/// Result of `download`: what the data stream carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadReady {
+    /// Size of the whole file.
+    pub size: u64,
+    /// Where the stream's bytes start.
+    pub offset: u64,
+}
+
 /// An empty result (`{}`), for requests that only succeed or fail.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Done {}
 
 /// Events the server pushes on the event stream.
+// Messages dominate the traffic and are encoded straight away; boxing them
+// to shrink the rare small events would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 pub enum Event {
@@ -531,6 +841,40 @@ pub enum Event {
     /// The server's power changed (it runs on a UPS battery, the mains came
     /// back, or it is about to shut down).
     Power(PowerNotice),
+    /// A member's read marker moved (also sent to the reader's other devices).
+    Read(Marker),
+    /// The other side of a direct conversation received messages up to `seq`.
+    Delivered(Marker),
+    /// A contact's presence changed.
+    Presence(PresenceInfo),
+    /// A member started or stopped typing.
+    Typing(TypingNotice),
+    /// One of the user's devices deleted the conversation from the user's view
+    /// up to `seq`.
+    ConvDeleted(ConvDeleted),
+}
+
+/// The `read` and `delivered` events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    pub conv: u64,
+    pub user: String,
+    pub seq: u64,
+}
+
+/// The `typing` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingNotice {
+    pub conv: u64,
+    pub user: String,
+    pub active: bool,
+}
+
+/// The `conv_deleted` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvDeleted {
+    pub conv: u64,
+    pub seq: u64,
 }
 
 /// Where the server's power comes from. Ordered: a later state is worse.
@@ -740,6 +1084,8 @@ mod tests {
             mid: ByteBuf::from(vec![7u8; 16]),
             text: "hi".into(),
             ext: None,
+            reply_to: None,
+            attachment: None,
         };
         let bytes = encode_request(9, &req);
         let raw = decode_request(&bytes[4..]).unwrap();

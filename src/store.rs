@@ -46,8 +46,8 @@ mod snapshot;
 pub use snapshot::{SnapshotInfo, check_file};
 
 use crate::protocol::{
-    Body, ConvKind, ConvSummary, ErrorCode, MAX_PAGE, MID_LEN, Member, Members, Message,
-    PAGE_BYTES, Page, Role, SendAck, Target, UserInfo,
+    AttachmentRef, Body, ConvKind, ConvSummary, ErrorCode, GroupRole, MAX_PAGE, MID_LEN, Member,
+    Members, Message, PAGE_BYTES, Page, Role, SendAck, Target, UserInfo,
 };
 
 /// The schema version this build writes. A later release migrates older files.
@@ -233,6 +233,8 @@ pub enum WriteOp {
         mid: [u8; MID_LEN],
         text: String,
         ext: Option<ByteBuf>,
+        reply_to: Option<u64>,
+        attachment: Option<AttachmentRef>,
         now: u64,
     },
     Ack {
@@ -602,6 +604,9 @@ impl Store {
                 last_seq,
                 cursor,
                 member: m.active(),
+                read: 0,
+                unread: 0,
+                last: None,
             });
         }
         Ok(out)
@@ -704,6 +709,7 @@ impl Store {
                 out.push(Member {
                     user: u.name,
                     owner: uid == rec.owner,
+                    role: GroupRole::Member,
                 });
             }
         }
@@ -1157,8 +1163,23 @@ impl<'t, 'c> Writer<'t, 'c> {
                 mid,
                 text,
                 ext,
+                reply_to,
+                attachment,
                 now,
-            } => self.send(*user, username, *device, target, *mid, text, ext, *now),
+            } => self.send(
+                *user,
+                username,
+                *device,
+                target,
+                *mid,
+                OutgoingText {
+                    text,
+                    ext,
+                    reply_to: *reply_to,
+                    attachment: attachment.as_ref(),
+                },
+                *now,
+            ),
             WriteOp::Ack {
                 user,
                 device,
@@ -1397,13 +1418,19 @@ impl<'t, 'c> Writer<'t, 'c> {
         device: u64,
         target: &Target,
         mid: [u8; MID_LEN],
-        text: &str,
-        ext: &Option<ByteBuf>,
+        out: OutgoingText<'_>,
         now: u64,
     ) -> Result<WriteOutcome, StoreError> {
+        if out.attachment.is_some() {
+            return reject(ErrorCode::BadRequest, "attachments are not supported yet");
+        }
         let body = Body::Text {
-            text: text.to_string(),
-            ext: ext.clone(),
+            text: out.text.to_string(),
+            ext: out.ext.clone(),
+            reply_to: out.reply_to,
+            attachment: None,
+            edited: None,
+            reactions: Vec::new(),
         };
         // Idempotency: a retried send finds its first attempt.
         if let Some(at) = self
@@ -1499,6 +1526,14 @@ impl<'t, 'c> Writer<'t, 'c> {
             recipients,
         })
     }
+}
+
+/// The parts of a `send` that make the message's body.
+struct OutgoingText<'a> {
+    text: &'a str,
+    ext: &'a Option<ByteBuf>,
+    reply_to: Option<u64>,
+    attachment: Option<&'a AttachmentRef>,
 }
 
 fn ack_of(m: &Message, duplicate: bool) -> SendAck {

@@ -384,10 +384,7 @@ async fn membership_changes_are_history_events_and_late_joiners_see_no_earlier_m
         .iter()
         .map(|m| (m.seq, m.from.as_str(), &m.body))
         .collect();
-    let text_body = |t: &str| Body::Text {
-        text: t.into(),
-        ext: None,
-    };
+    let text_body = |t: &str| Body::text(t);
     let expected = [
         (
             1,

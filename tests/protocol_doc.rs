@@ -142,10 +142,7 @@ fn hi_message() -> Message {
         from: "alice".into(),
         device: 1,
         ts: 1_700_000_000_000,
-        body: Body::Text {
-            text: "hi".into(),
-            ext: None,
-        },
+        body: Body::text("hi"),
     }
 }
 
@@ -162,6 +159,8 @@ fn examples() -> Vec<Example> {
                 mid: mid(),
                 text: "hi".into(),
                 ext: None,
+                reply_to: None,
+                attachment: None,
             },
         ),
         ok(
@@ -253,6 +252,7 @@ fn examples() -> Vec<Example> {
             StreamHeader {
                 stream: "backup".into(),
                 id: 6,
+                offset: None,
             },
         ),
     ]

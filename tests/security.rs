@@ -700,6 +700,8 @@ async fn malformed_frames_get_error_replies_and_the_connection_survives() {
             mid: ByteBuf::from(vec![9u8; 16]),
             text: "hi".into(),
             ext: None,
+            reply_to: None,
+            attachment: None,
         })
         .await;
     assert_eq!(refused(both_targets), ErrorCode::BadRequest);

@@ -836,6 +836,8 @@ async fn seed(data_dir: &Path, users: usize, messages: usize) -> anyhow::Result<
                         mid,
                         text: load::payload(i as u64, 100),
                         ext: None,
+                        reply_to: None,
+                        attachment: None,
                         now: 0,
                     })
                     .await?,
