@@ -70,8 +70,61 @@ pub enum ClientCommand {
         #[arg(long)]
         before: Option<u64>,
     },
-    /// List conversations.
+    /// List conversations, with unread counts and the last message.
     Conversations,
+    /// Reply to message SEQ of a conversation (quote it).
+    Reply {
+        to: String,
+        seq: u64,
+        text: String,
+        #[arg(long)]
+        group: bool,
+    },
+    /// Edit your message SEQ (within the server's edit window, 24 h by default).
+    Edit {
+        to: String,
+        seq: u64,
+        text: String,
+        #[arg(long)]
+        group: bool,
+    },
+    /// Recall message SEQ: yours within the recall window (2 min by default),
+    /// or any in a group you own or administer. Its content is deleted.
+    Recall {
+        to: String,
+        seq: u64,
+        #[arg(long)]
+        group: bool,
+    },
+    /// React to message SEQ with an emoji (or take the reaction back with --remove).
+    React {
+        to: String,
+        seq: u64,
+        emoji: String,
+        #[arg(long)]
+        group: bool,
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Mark a conversation read (up to SEQ, or everything).
+    Read {
+        to: String,
+        seq: Option<u64>,
+        #[arg(long)]
+        group: bool,
+    },
+    /// Who has received and read how far in a conversation.
+    Receipts {
+        to: String,
+        #[arg(long)]
+        group: bool,
+    },
+    /// Delete a conversation from your view (all your devices); the others keep theirs.
+    Delete {
+        to: String,
+        #[arg(long)]
+        group: bool,
+    },
     /// Groups: create, add, remove, leave, members.
     #[command(subcommand)]
     Group(GroupCommand),
@@ -112,6 +165,26 @@ pub enum GroupCommand {
     },
     Members {
         conv: u64,
+    },
+    /// Owner: rename the group.
+    Rename {
+        conv: u64,
+        name: String,
+    },
+    /// Owner: make a member an admin (admins add and remove members).
+    Promote {
+        conv: u64,
+        user: String,
+    },
+    /// Owner: make an admin a plain member again.
+    Demote {
+        conv: u64,
+        user: String,
+    },
+    /// Owner: hand the group to another member (you stay on as an admin).
+    Transfer {
+        conv: u64,
+        user: String,
     },
 }
 
@@ -225,19 +298,99 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
             }
         }
         ClientCommand::Conversations => {
-            let (client, _) = resume(profile_name).await?;
+            let (client, p) = resume(profile_name).await?;
             for c in client.conversations().await?.conversations {
                 let kind = match c.kind {
                     ConvKind::Direct => "direct",
                     ConvKind::Group => "group",
                 };
-                let unread = c.last_seq.saturating_sub(c.cursor);
                 let left = if c.member { "" } else { " (left)" };
                 println!(
-                    "{:>6}  {kind:<6}  {}{left}  {} messages, {unread} new",
-                    c.conv, c.name, c.last_seq
+                    "{:>6}  {kind:<6}  {}{left}  {} unread",
+                    c.conv, c.name, c.unread
+                );
+                if let Some(last) = &c.last {
+                    println!("        {}", show(last, &p.user));
+                }
+            }
+        }
+        ClientCommand::Reply {
+            to,
+            seq,
+            text,
+            group,
+        } => {
+            let (client, _) = resume(profile_name).await?;
+            let conv = existing_conv(&client, &to, group).await?;
+            let draft = quince::client::Draft {
+                text,
+                reply_to: Some(seq),
+                ..Default::default()
+            };
+            let ack = client
+                .send_draft(Target::Conv(conv), quince::client::new_mid(), draft)
+                .await?;
+            println!("sent (conversation {}, #{})", ack.conv, ack.seq);
+        }
+        ClientCommand::Edit {
+            to,
+            seq,
+            text,
+            group,
+        } => {
+            let (client, _) = resume(profile_name).await?;
+            let conv = existing_conv(&client, &to, group).await?;
+            let ack = client.edit(conv, seq, &text).await?;
+            println!("edited #{seq} (event #{})", ack.seq);
+        }
+        ClientCommand::Recall { to, seq, group } => {
+            let (client, _) = resume(profile_name).await?;
+            let conv = existing_conv(&client, &to, group).await?;
+            client.recall(conv, seq).await?;
+            println!("recalled #{seq}");
+        }
+        ClientCommand::React {
+            to,
+            seq,
+            emoji,
+            group,
+            remove,
+        } => {
+            let (client, _) = resume(profile_name).await?;
+            let conv = existing_conv(&client, &to, group).await?;
+            client.react(conv, seq, &emoji, !remove).await?;
+        }
+        ClientCommand::Read { to, seq, group } => {
+            let (client, _) = resume(profile_name).await?;
+            let conv = existing_conv(&client, &to, group).await?;
+            let seq = match seq {
+                Some(seq) => seq,
+                None => client
+                    .conversations()
+                    .await?
+                    .conversations
+                    .iter()
+                    .find(|c| c.conv == conv)
+                    .map(|c| c.last_seq)
+                    .unwrap_or(0),
+            };
+            client.mark_read(conv, seq).await?;
+        }
+        ClientCommand::Receipts { to, group } => {
+            let (client, _) = resume(profile_name).await?;
+            let conv = existing_conv(&client, &to, group).await?;
+            for r in client.receipts(conv).await?.members {
+                println!(
+                    "{:<32} received up to #{:<6} read up to #{}",
+                    r.user, r.delivered, r.read
                 );
             }
+        }
+        ClientCommand::Delete { to, group } => {
+            let (client, _) = resume(profile_name).await?;
+            let conv = existing_conv(&client, &to, group).await?;
+            client.delete_conversation(conv).await?;
+            println!("deleted conversation {conv} from your view");
         }
         ClientCommand::Chat { to, group } => chat(profile_name, &to, group).await?,
         ClientCommand::Backup {
@@ -279,9 +432,16 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
                     let members = client.group_members(conv).await?;
                     println!("{}:", members.name);
                     for m in members.members {
-                        println!("  {}{}", m.user, if m.owner { " (owner)" } else { "" });
+                        match m.role {
+                            GroupRole::Member => println!("  {}", m.user),
+                            role => println!("  {} ({})", m.user, group_role(role)),
+                        }
                     }
                 }
+                GroupCommand::Rename { conv, name } => client.group_rename(conv, &name).await?,
+                GroupCommand::Promote { conv, user } => client.group_promote(conv, &user).await?,
+                GroupCommand::Demote { conv, user } => client.group_demote(conv, &user).await?,
+                GroupCommand::Transfer { conv, user } => client.group_transfer(conv, &user).await?,
             }
         }
         ClientCommand::Admin(a) => {
@@ -599,6 +759,13 @@ async fn find_conv(client: &Client, to: &str, group: bool) -> anyhow::Result<Opt
         .map(|c| c.conv))
 }
 
+/// The conversation `to` names, which must exist.
+async fn existing_conv(client: &Client, to: &str, group: bool) -> anyhow::Result<u64> {
+    find_conv(client, to, group)
+        .await?
+        .with_context(|| format!("no conversation with {to} yet"))
+}
+
 /// Seconds since the epoch as HH:MM:SS (UTC); a full date library is not worth
 /// its weight for a timestamp prefix.
 fn clock(ts_ms: u64) -> String {
@@ -613,7 +780,26 @@ fn show(m: &Message, me: &str) -> String {
         m.from.clone()
     };
     let text = match &m.body {
-        Body::Text { text, .. } => format!("{who}: {text}"),
+        Body::Text {
+            text,
+            reply_to,
+            edited,
+            reactions,
+            ..
+        } => {
+            let mut line = format!("{who}: ");
+            if let Some(quoted) = reply_to {
+                line.push_str(&format!("(reply to #{quoted}) "));
+            }
+            line.push_str(text);
+            if edited.is_some() {
+                line.push_str(" (edited)");
+            }
+            for r in reactions {
+                line.push_str(&format!(" [{} {}]", r.emoji, r.users.join(", ")));
+            }
+            line
+        }
         Body::GroupCreated { name } => format!("* {who} created the group {name}"),
         Body::MemberAdded { user } => format!("* {who} added {user}"),
         Body::MemberRemoved { user } => format!("* {who} removed {user}"),
@@ -632,7 +818,7 @@ fn show(m: &Message, me: &str) -> String {
         Body::RoleChanged { user, role } => format!("* {who} made {user} {}", group_role(*role)),
         Body::OwnerChanged { user } => format!("* {who} handed the group to {user}"),
     };
-    format!("[{}] {text}", clock(m.ts))
+    format!("[{}] #{} {text}", clock(m.ts), m.seq)
 }
 
 /// What the chat shows when the server's power changes.

@@ -33,8 +33,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::protocol::{
     self, ALPN, AttachmentRef, BackupReady, ConvList, Created, Done, ErrorBody, ErrorCode, Event,
-    Invite, MID_LEN, Members, Message, Page, PowerNotice, Reply, Request, Role, SendAck, Session,
-    Status, Target, Users,
+    Invite, MID_LEN, Members, Message, Page, PowerNotice, Receipts, Reply, Request, Role, SendAck,
+    Session, Status, Target, Users,
 };
 use crate::stream::{self, FrameReader};
 use crate::tls::PinVerifier;
@@ -503,6 +503,96 @@ impl Client {
         self.call(Request::GroupMembers { conv }).await
     }
 
+    /// Owner: renames a group.
+    pub async fn group_rename(&self, conv: u64, name: &str) -> Result<(), ClientError> {
+        let req = Request::GroupRename {
+            conv,
+            name: name.into(),
+        };
+        self.call::<Done>(req).await.map(|_| ())
+    }
+
+    /// Owner: makes a member an admin.
+    pub async fn group_promote(&self, conv: u64, user: &str) -> Result<(), ClientError> {
+        let req = Request::GroupPromote {
+            conv,
+            user: user.into(),
+        };
+        self.call::<Done>(req).await.map(|_| ())
+    }
+
+    /// Owner: makes an admin a plain member.
+    pub async fn group_demote(&self, conv: u64, user: &str) -> Result<(), ClientError> {
+        let req = Request::GroupDemote {
+            conv,
+            user: user.into(),
+        };
+        self.call::<Done>(req).await.map(|_| ())
+    }
+
+    /// Owner: hands the group to another member (you stay on as an admin).
+    pub async fn group_transfer(&self, conv: u64, user: &str) -> Result<(), ClientError> {
+        let req = Request::GroupTransfer {
+            conv,
+            user: user.into(),
+        };
+        self.call::<Done>(req).await.map(|_| ())
+    }
+
+    /// Replaces the text of your message `seq` (within the server's edit window).
+    pub async fn edit(&self, conv: u64, seq: u64, text: &str) -> Result<SendAck, ClientError> {
+        self.call(Request::Edit {
+            conv,
+            seq,
+            text: text.into(),
+        })
+        .await
+    }
+
+    /// Recalls message `seq`: yours within the recall window, or any in a
+    /// group you own or administer. Its content is deleted on the server.
+    pub async fn recall(&self, conv: u64, seq: u64) -> Result<SendAck, ClientError> {
+        self.call(Request::Recall { conv, seq }).await
+    }
+
+    /// Adds (`add`) or removes an emoji reaction to message `seq`.
+    pub async fn react(
+        &self,
+        conv: u64,
+        seq: u64,
+        emoji: &str,
+        add: bool,
+    ) -> Result<SendAck, ClientError> {
+        self.call(Request::React {
+            conv,
+            seq,
+            emoji: emoji.into(),
+            remove: !add,
+        })
+        .await
+    }
+
+    /// Moves your read marker in `conv` to `seq`: your other devices and the
+    /// other members get a `read` event; unread counts follow it.
+    pub async fn mark_read(&self, conv: u64, seq: u64) -> Result<(), ClientError> {
+        self.call::<Done>(Request::Read { conv, seq })
+            .await
+            .map(|_| ())
+    }
+
+    /// Every member's delivery and read markers in `conv`.
+    pub async fn receipts(&self, conv: u64) -> Result<Receipts, ClientError> {
+        self.call(Request::Receipts { conv }).await
+    }
+
+    /// Deletes `conv` from your view, on all your devices; the other members
+    /// keep theirs. It comes back when a new message arrives.
+    pub async fn delete_conversation(&self, conv: u64) -> Result<(), ClientError> {
+        self.call::<Done>(Request::ConvDelete { conv })
+            .await
+            .map(|_| ())
+    }
+
     pub async fn admin_invite(
         &self,
         role: Role,
@@ -906,6 +996,9 @@ impl Inbox {
         while let Some(fetching) = next.take() {
             let page = fetching.await.map_err(|_| ClientError::Closed)??;
             let Some(last) = page.messages.last().map(|m| m.seq) else {
+                // Nothing this user may read lies below `upto` (it was before
+                // they joined, or they deleted it from their view).
+                self.set_cursor(conv, upto);
                 break;
             };
             if page.more && last < upto {

@@ -17,12 +17,13 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::auth::{self, ThrottleKey};
+use crate::config::Config;
 use crate::protocol::{
-    self, ConvList, Created, Done, ErrorBody, ErrorCode, Event, FrameError, Invite, MAX_EXT,
-    MAX_TEXT, MID_LEN, PowerState, Request, Role, Session, Status, Target, Users, close,
+    self, ConvList, Created, Done, ErrorBody, ErrorCode, Event, FrameError, GroupRole, Invite,
+    MAX_EXT, MAX_TEXT, MID_LEN, PowerState, Request, Role, Session, Status, Target, Users, close,
 };
 use crate::server::State;
-use crate::store::{MAX_GROUP_MEMBERS, StoreError, WriteOp, WriteOutcome};
+use crate::store::{Amendment, MAX_GROUP_MEMBERS, StoreError, WriteOp, WriteOutcome};
 use crate::stream::{self, FrameReader};
 
 /// Requests of one connection handled at the same time.
@@ -267,7 +268,7 @@ impl Connection {
             return;
         }
         // Writes are queued here, in request order; everything else runs in the task.
-        let queued = match write_op(&auth, &request) {
+        let queued = match write_op(&self.state.config, &auth, &request) {
             Ok(Some(op)) => match self.state.store.submit(op).await {
                 Ok(rx) => Some(rx),
                 Err(e) => return self.send_reply(id, Err(e.into())).await,
@@ -487,6 +488,45 @@ fn check_device_name(name: &str) -> Result<(), Refusal> {
     }
 }
 
+fn check_text(text: &str) -> Result<(), Refusal> {
+    if text.len() > MAX_TEXT {
+        return refuse(
+            ErrorCode::TextTooLong,
+            format!("text is over {MAX_TEXT} bytes"),
+        );
+    }
+    Ok(())
+}
+
+/// A reaction is one short emoji (a few code points, with modifiers and
+/// joiners), not text: no spaces or control characters, at most 64 bytes.
+fn check_emoji(emoji: &str) -> Result<(), Refusal> {
+    let ok = (1..=64).contains(&emoji.len())
+        && emoji.chars().count() <= 16
+        && !emoji.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        refuse(
+            ErrorCode::BadRequest,
+            "a reaction is one emoji: 1 to 64 bytes, no spaces",
+        )
+    }
+}
+
+/// The store write of an edit, recall or reaction.
+fn amend(auth: &Auth, conv: u64, seq: u64, now: u64, change: Amendment) -> WriteOp {
+    WriteOp::Amend {
+        user: auth.user,
+        username: auth.username.clone(),
+        device: auth.device,
+        conv,
+        seq,
+        change,
+        now,
+    }
+}
+
 fn check_group_name(name: &str) -> Result<(), Refusal> {
     let len = name.chars().count();
     if (1..=64).contains(&len) && !name.chars().any(char::is_control) {
@@ -553,7 +593,7 @@ fn require_admin(auth: &Auth) -> Result<(), Refusal> {
 }
 
 /// The store write a request makes, checked; `None` for requests that only read.
-fn write_op(auth: &Auth, request: &Request) -> Result<Option<WriteOp>, Refusal> {
+fn write_op(config: &Config, auth: &Auth, request: &Request) -> Result<Option<WriteOp>, Refusal> {
     let now = now_ms();
     let op = match request {
         Request::Send {
@@ -581,12 +621,7 @@ fn write_op(auth: &Auth, request: &Request) -> Result<Option<WriteOp>, Refusal> 
                     format!("`mid` must be {MID_LEN} bytes"),
                 )
             })?;
-            if text.len() > MAX_TEXT {
-                return refuse(
-                    ErrorCode::TextTooLong,
-                    format!("text is over {MAX_TEXT} bytes"),
-                );
-            }
+            check_text(text)?;
             if ext.as_ref().is_some_and(|e| e.len() > MAX_EXT) {
                 return refuse(
                     ErrorCode::ExtTooLarge,
@@ -608,9 +643,86 @@ fn write_op(auth: &Auth, request: &Request) -> Result<Option<WriteOp>, Refusal> 
         }
         Request::Ack { conv, seq } => WriteOp::Ack {
             user: auth.user,
+            username: auth.username.clone(),
             device: auth.device,
             conv: *conv,
             seq: *seq,
+        },
+        Request::Edit { conv, seq, text } => {
+            check_text(text)?;
+            amend(
+                auth,
+                *conv,
+                *seq,
+                now,
+                Amendment::Edit {
+                    text: text.clone(),
+                    window_ms: config.edit_window_secs.saturating_mul(1000),
+                },
+            )
+        }
+        Request::Recall { conv, seq } => amend(
+            auth,
+            *conv,
+            *seq,
+            now,
+            Amendment::Recall {
+                window_ms: config.recall_window_secs.saturating_mul(1000),
+            },
+        ),
+        Request::React {
+            conv,
+            seq,
+            emoji,
+            remove,
+        } => {
+            check_emoji(emoji)?;
+            amend(
+                auth,
+                *conv,
+                *seq,
+                now,
+                Amendment::React {
+                    emoji: emoji.clone(),
+                    add: !remove,
+                },
+            )
+        }
+        Request::Read { conv, seq } => WriteOp::Read {
+            user: auth.user,
+            username: auth.username.clone(),
+            conv: *conv,
+            seq: *seq,
+        },
+        Request::ConvDelete { conv } => WriteOp::ConvDelete {
+            user: auth.user,
+            conv: *conv,
+        },
+        Request::GroupRename { conv, name } => {
+            check_group_name(name)?;
+            WriteOp::GroupRename {
+                user: auth.user,
+                username: auth.username.clone(),
+                device: auth.device,
+                conv: *conv,
+                name: name.clone(),
+                now,
+            }
+        }
+        Request::GroupPromote { conv, user }
+        | Request::GroupDemote { conv, user }
+        | Request::GroupTransfer { conv, user } => WriteOp::GroupRole {
+            user: auth.user,
+            username: auth.username.clone(),
+            device: auth.device,
+            conv: *conv,
+            member: user.clone(),
+            role: match request {
+                Request::GroupPromote { .. } => GroupRole::Admin,
+                Request::GroupDemote { .. } => GroupRole::Member,
+                _ => GroupRole::Owner,
+            },
+            now,
         },
         Request::GroupCreate { name, members } => {
             check_group_name(name)?;
@@ -689,9 +801,17 @@ async fn after_write(
                 state.hub.deliver(&recipients, auth.device, frame);
             }
             match request {
-                Request::Send { .. } => ok(id, &ack),
+                Request::Send { .. }
+                | Request::Edit { .. }
+                | Request::Recall { .. }
+                | Request::React { .. } => ok(id, &ack),
                 _ => ok(id, &Done {}),
             }
+        }
+        WriteOutcome::Notice { event, recipients } => {
+            let frame = Bytes::from(protocol::encode_event(&event));
+            state.hub.deliver(&recipients, auth.device, frame);
+            ok(id, &Done {})
         }
         WriteOutcome::Group {
             conv,
@@ -773,6 +893,7 @@ async fn read(state: &State, auth: &Auth, id: u64, request: Request) -> Reply {
             limit,
         } => ok(id, &store.history(auth.user, conv, after, before, limit)?),
         Request::GroupMembers { conv } => ok(id, &store.members(auth.user, conv)?),
+        Request::Receipts { conv } => ok(id, &store.receipts(auth.user, conv)?),
         Request::AdminInvite { role, ttl_secs } => {
             require_admin(auth)?;
             let ttl_ms = ttl_secs

@@ -29,6 +29,14 @@
 //! | `messages` | conversation id ‖ sequence number | [`Message`] |
 //! | `message_ids` | sender user id ‖ client message id (24 bytes) | conversation id ‖ sequence number |
 //! | `cursors` | device id ‖ conversation id | acknowledged sequence number (u64) |
+//! | `read_markers` | conversation id ‖ user id | the user's read marker (u64) |
+//! | `text_ordinals` | conversation id ‖ sequence number | how many text messages the conversation has up to this one (u64) |
+//! | `edits` | conversation id ‖ edited sequence number ‖ edit's sequence number | () |
+//!
+//! `text_ordinals` makes unread counts cheap: the texts after a read marker
+//! are the ordinal at the conversation's end minus the ordinal at the marker,
+//! two lookups however long the backlog. `edits` lets a recall find and wipe
+//! every earlier edit of the message it recalls.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,12 +54,13 @@ mod snapshot;
 pub use snapshot::{SnapshotInfo, check_file};
 
 use crate::protocol::{
-    AttachmentRef, Body, ConvKind, ConvSummary, ErrorCode, GroupRole, MAX_PAGE, MID_LEN, Member,
-    Members, Message, PAGE_BYTES, Page, Role, SendAck, Target, UserInfo,
+    AttachmentRef, Body, ConvDeleted, ConvKind, ConvSummary, ErrorCode, Event, GroupRole, MAX_PAGE,
+    MID_LEN, Marker, Member, Members, Message, PAGE_BYTES, Page, Reactions, Receipt, Receipts,
+    Role, SendAck, Target, UserInfo,
 };
 
 /// The schema version this build writes. A later release migrates older files.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// Most requests committed in one write transaction.
 const MAX_BATCH: usize = 1024;
 /// Queue of write requests waiting for the writer thread; senders wait when it is full.
@@ -73,6 +82,14 @@ const USER_CONVS: TableDefinition<[u8; 16], ()> = TableDefinition::new("user_con
 const MESSAGES: TableDefinition<[u8; 16], &[u8]> = TableDefinition::new("messages");
 const MESSAGE_IDS: TableDefinition<[u8; 24], [u8; 16]> = TableDefinition::new("message_ids");
 const CURSORS: TableDefinition<[u8; 16], u64> = TableDefinition::new("cursors");
+const READ_MARKERS: TableDefinition<[u8; 16], u64> = TableDefinition::new("read_markers");
+const TEXT_ORDINALS: TableDefinition<[u8; 16], u64> = TableDefinition::new("text_ordinals");
+const EDITS: TableDefinition<[u8; 24], ()> = TableDefinition::new("edits");
+/// Most reactions (user and emoji pairs) one message holds, so a message
+/// always fits in a frame.
+pub const MAX_REACTIONS: usize = 1000;
+/// Most different emoji on one message.
+pub const MAX_REACTION_KINDS: usize = 50;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -162,11 +179,41 @@ pub struct Membership {
     pub from_seq: u64,
     /// Set when the user left or was removed: the last sequence number they may read.
     pub until_seq: Option<u64>,
+    /// Admin or member (the owner is [`ConvRecord::owner`]).
+    #[serde(default)]
+    pub role: GroupRole,
+    /// The user deleted the conversation from their view up to here.
+    #[serde(default)]
+    pub cleared: u64,
 }
 
 impl Membership {
+    /// A member from `seq` on.
+    fn from(seq: u64) -> Membership {
+        Membership {
+            from_seq: seq,
+            until_seq: None,
+            role: GroupRole::Member,
+            cleared: 0,
+        }
+    }
+
     fn active(&self) -> bool {
         self.until_seq.is_none()
+    }
+
+    /// The first sequence number the user sees.
+    fn first_visible(&self) -> u64 {
+        self.from_seq.max(self.cleared.saturating_add(1)).max(1)
+    }
+}
+
+/// A user's role in a conversation: the owner is the record's, the rest the membership's.
+fn role_of(rec: &ConvRecord, user: u64, m: &Membership) -> GroupRole {
+    if rec.kind == ConvKind::Group && rec.owner == user {
+        GroupRole::Owner
+    } else {
+        m.role
     }
 }
 
@@ -181,6 +228,19 @@ fn split16(k: [u8; 16]) -> (u64, u64) {
     let a = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
     let b = u64::from_be_bytes(k[8..].try_into().expect("8 bytes"));
     (a, b)
+}
+
+fn k24(a: u64, b: u64, c: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..16].copy_from_slice(&b.to_be_bytes());
+    k[16..].copy_from_slice(&c.to_be_bytes());
+    k
+}
+
+fn split24(k: [u8; 24]) -> (u64, u64, u64) {
+    let part = |i: usize| u64::from_be_bytes(k[i..i + 8].try_into().expect("8 bytes"));
+    (part(0), part(8), part(16))
 }
 
 fn mid_key(user: u64, mid: &[u8]) -> [u8; 24] {
@@ -239,9 +299,51 @@ pub enum WriteOp {
     },
     Ack {
         user: u64,
+        username: String,
         device: u64,
         conv: u64,
         seq: u64,
+    },
+    /// A change to an earlier message: edit, recall or reaction.
+    Amend {
+        user: u64,
+        username: String,
+        device: u64,
+        conv: u64,
+        seq: u64,
+        change: Amendment,
+        now: u64,
+    },
+    /// Moves the user's read marker forward.
+    Read {
+        user: u64,
+        username: String,
+        conv: u64,
+        seq: u64,
+    },
+    /// Deletes a conversation from the user's view.
+    ConvDelete {
+        user: u64,
+        conv: u64,
+    },
+    /// The owner renames a group.
+    GroupRename {
+        user: u64,
+        username: String,
+        device: u64,
+        conv: u64,
+        name: String,
+        now: u64,
+    },
+    /// The owner changes a member's role, or hands the group over (`Owner`).
+    GroupRole {
+        user: u64,
+        username: String,
+        device: u64,
+        conv: u64,
+        member: String,
+        role: GroupRole,
+        now: u64,
     },
     GroupCreate {
         user: u64,
@@ -290,6 +392,24 @@ pub enum WriteOp {
     },
 }
 
+/// What [`WriteOp::Amend`] does to the message.
+#[derive(Debug)]
+pub enum Amendment {
+    /// New text, allowed within `window_ms` of sending.
+    Edit {
+        text: String,
+        window_ms: u64,
+    },
+    /// Recall by the sender within `window_ms`, or by a group's owner or admins.
+    Recall {
+        window_ms: u64,
+    },
+    React {
+        emoji: String,
+        add: bool,
+    },
+}
+
 /// What a committed write produced.
 #[derive(Debug)]
 pub enum WriteOutcome {
@@ -314,6 +434,12 @@ pub enum WriteOutcome {
         conv: u64,
         message: Message,
         recipients: Vec<u64>,
+    },
+    /// An event for the devices of `recipients` (a marker moved, a
+    /// conversation was deleted from a user's view).
+    Notice {
+        event: Event,
+        recipients: Arc<[u64]>,
     },
     /// An account whose connections must now be closed, and its revoked devices.
     Account {
@@ -403,6 +529,11 @@ impl Store {
                     meta.insert("schema_version", SCHEMA_VERSION.to_be_bytes().as_slice())?;
                 }
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema(v)),
+                Some(1) => {
+                    migrate_1_to_2(&txn)?;
+                    meta.insert("schema_version", SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                    tracing::info!("store upgraded from schema 1 to 2 (unread counts)");
+                }
                 Some(_) => {}
             }
             // Create every table so readers never meet a missing one.
@@ -419,6 +550,9 @@ impl Store {
             txn.open_table(MESSAGES)?;
             txn.open_table(MESSAGE_IDS)?;
             txn.open_table(CURSORS)?;
+            txn.open_table(READ_MARKERS)?;
+            txn.open_table(TEXT_ORDINALS)?;
+            txn.open_table(EDITS)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
@@ -565,6 +699,9 @@ impl Store {
         let members = txn.open_table(MEMBERS)?;
         let cursors = txn.open_table(CURSORS)?;
         let users = txn.open_table(USERS)?;
+        let markers = txn.open_table(READ_MARKERS)?;
+        let ordinals = txn.open_table(TEXT_ORDINALS)?;
+        let messages = txn.open_table(MESSAGES)?;
         let me = read_user(&users, user)?.map(|u| u.name).unwrap_or_default();
         let mut out = Vec::new();
         for entry in user_convs.range(k16(user, 0)..=k16(user, u64::MAX))? {
@@ -579,14 +716,33 @@ impl Store {
             };
             let m: Membership = dec("members", m.value())?;
             let last_seq = m.until_seq.unwrap_or(rec.last_seq);
+            let seen_before = m.first_visible() - 1;
+            if last_seq <= m.cleared {
+                // Deleted from this user's view, and nothing came since.
+                continue;
+            }
             let cursor = cursors
                 .get(k16(device, conv))?
                 .map(|v| v.value())
                 .unwrap_or(0)
-                .max(m.from_seq.saturating_sub(1));
+                .max(seen_before);
             if changed_only && last_seq <= cursor {
                 continue;
             }
+            let read = markers
+                .get(k16(conv, user))?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                .min(last_seq);
+            let unread = texts_upto(&ordinals, conv, last_seq)?.saturating_sub(texts_upto(
+                &ordinals,
+                conv,
+                read.max(seen_before),
+            )?);
+            let last = match messages.get(k16(conv, last_seq))? {
+                Some(v) if last_seq > seen_before => Some(Box::new(dec("messages", v.value())?)),
+                _ => None,
+            };
             let name = match rec.kind {
                 ConvKind::Group => rec.name.clone(),
                 ConvKind::Direct => rec
@@ -604,9 +760,9 @@ impl Store {
                 last_seq,
                 cursor,
                 member: m.active(),
-                read: 0,
-                unread: 0,
-                last: None,
+                read,
+                unread,
+                last,
             });
         }
         Ok(out)
@@ -641,7 +797,7 @@ impl Store {
             conv,
             user,
         )?;
-        let lo = m.from_seq.max(1);
+        let lo = m.first_visible();
         let hi = m.until_seq.unwrap_or(rec.last_seq);
         let messages_table = txn.open_table(MESSAGES)?;
         let mut messages = Vec::new();
@@ -709,7 +865,7 @@ impl Store {
                 out.push(Member {
                     user: u.name,
                     owner: uid == rec.owner,
-                    role: GroupRole::Member,
+                    role: role_of(&rec, uid, &m),
                 });
             }
         }
@@ -717,6 +873,50 @@ impl Store {
             name: rec.name,
             members: out,
         })
+    }
+
+    /// Every active member's delivery and read markers in a conversation the
+    /// user belongs to. Delivered is the furthest any of the member's
+    /// devices has acknowledged.
+    pub fn receipts(&self, user: u64, conv: u64) -> Result<Receipts, StoreError> {
+        let txn = self.db.begin_read()?;
+        let members = txn.open_table(MEMBERS)?;
+        let (rec, m) = readable(&txn.open_table(CONVS)?, &members, conv, user)?;
+        if !m.active() {
+            return reject(
+                ErrorCode::Forbidden,
+                format!("you are no longer a member of conversation {conv}"),
+            );
+        }
+        let users = txn.open_table(USERS)?;
+        let user_devices = txn.open_table(USER_DEVICES)?;
+        let cursors = txn.open_table(CURSORS)?;
+        let markers = txn.open_table(READ_MARKERS)?;
+        let mut out = Vec::new();
+        for entry in members.range(k16(conv, 0)..=k16(conv, u64::MAX))? {
+            let (k, v) = entry?;
+            if !dec::<Membership>("members", v.value())?.active() {
+                continue;
+            }
+            let (_, uid) = split16(k.value());
+            let Some(u) = read_user(&users, uid)? else {
+                continue;
+            };
+            let mut delivered = 0;
+            for d in user_devices.range(k16(uid, 0)..=k16(uid, u64::MAX))? {
+                let (_, device) = split16(d?.0.value());
+                if let Some(c) = cursors.get(k16(device, conv))? {
+                    delivered = delivered.max(c.value());
+                }
+            }
+            let read = markers.get(k16(conv, uid))?.map(|v| v.value()).unwrap_or(0);
+            out.push(Receipt {
+                user: u.name,
+                delivered: delivered.min(rec.last_seq),
+                read: read.min(rec.last_seq),
+            });
+        }
+        Ok(Receipts { conv, members: out })
     }
 
     /// Every account, for administrators.
@@ -749,6 +949,42 @@ impl Store {
             txn.open_table(MESSAGES)?.len()?,
         ))
     }
+}
+
+/// How many text messages `conv` has up to and including `seq`.
+fn texts_upto(
+    ordinals: &impl ReadableTable<[u8; 16], u64>,
+    conv: u64,
+    seq: u64,
+) -> Result<u64, StoreError> {
+    Ok(
+        match ordinals.range(k16(conv, 0)..=k16(conv, seq))?.next_back() {
+            Some(entry) => entry?.1.value(),
+            None => 0,
+        },
+    )
+}
+
+/// Schema 2 added unread counts: number the text messages already stored.
+fn migrate_1_to_2(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let messages = txn.open_table(MESSAGES)?;
+    let mut ordinals = txn.open_table(TEXT_ORDINALS)?;
+    let (mut conv, mut count) = (u64::MAX, 0u64);
+    for entry in messages.iter()? {
+        let (k, v) = entry?;
+        let (c, seq) = split16(k.value());
+        if c != conv {
+            (conv, count) = (c, 0);
+        }
+        if matches!(
+            dec::<Message>("messages", v.value())?.body,
+            Body::Text { .. }
+        ) {
+            count += 1;
+            ordinals.insert(k16(c, seq), count)?;
+        }
+    }
+    Ok(())
 }
 
 fn read_user(
@@ -878,6 +1114,9 @@ struct Writer<'t, 'c> {
     messages: Table<'t, [u8; 16], &'static [u8]>,
     message_ids: Table<'t, [u8; 24], [u8; 16]>,
     cursors: Table<'t, [u8; 16], u64>,
+    read_markers: Table<'t, [u8; 16], u64>,
+    text_ordinals: Table<'t, [u8; 16], u64>,
+    edits: Table<'t, [u8; 24], ()>,
 }
 
 impl<'t, 'c> Writer<'t, 'c> {
@@ -898,6 +1137,9 @@ impl<'t, 'c> Writer<'t, 'c> {
             messages: txn.open_table(MESSAGES)?,
             message_ids: txn.open_table(MESSAGE_IDS)?,
             cursors: txn.open_table(CURSORS)?,
+            read_markers: txn.open_table(READ_MARKERS)?,
+            text_ordinals: txn.open_table(TEXT_ORDINALS)?,
+            edits: txn.open_table(EDITS)?,
         })
     }
 
@@ -992,6 +1234,10 @@ impl<'t, 'c> Writer<'t, 'c> {
         self.messages
             .insert(k16(conv, seq), enc(&message).as_slice())?;
         self.convs.insert(conv, enc(rec).as_slice())?;
+        if matches!(message.body, Body::Text { .. }) {
+            let texts = texts_upto(&self.text_ordinals, conv, seq)? + 1;
+            self.text_ordinals.insert(k16(conv, seq), texts)?;
+        }
         let cursor_key = k16(device, conv);
         let cursor = self
             .cursors
@@ -1066,6 +1312,269 @@ impl<'t, 'c> Writer<'t, 'c> {
                 format!("you are not a member of group {conv}"),
             ),
         }
+    }
+
+    /// The user's role in a group they are an active member of.
+    fn role(&self, rec: &ConvRecord, conv: u64, user: u64) -> Result<GroupRole, StoreError> {
+        let m = self
+            .membership(conv, user)?
+            .ok_or(StoreError::Corrupt("members"))?;
+        Ok(role_of(rec, user, &m))
+    }
+
+    /// Appends an event (rename, role change…) sent by `username` to every member.
+    fn system_message(
+        &mut self,
+        conv: u64,
+        mut rec: ConvRecord,
+        username: &str,
+        device: u64,
+        now: u64,
+        body: Body,
+    ) -> Result<WriteOutcome, StoreError> {
+        let recipients = self.active_members(conv)?;
+        let message = self.append(conv, &mut rec, [0; MID_LEN], username, device, now, body)?;
+        Ok(WriteOutcome::Message {
+            ack: ack_of(&message, false),
+            message: Some(message),
+            recipients,
+        })
+    }
+
+    /// The owner promotes, demotes, or hands the group to `member`.
+    #[allow(clippy::too_many_arguments)]
+    fn set_role(
+        &mut self,
+        user: u64,
+        username: &str,
+        device: u64,
+        conv: u64,
+        member: &str,
+        role: GroupRole,
+        now: u64,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut rec = self.group_for_change(conv, user)?;
+        if rec.owner != user {
+            return reject(
+                ErrorCode::Forbidden,
+                "only the group's owner can change roles or hand the group over",
+            );
+        }
+        let Some(member_id) = self.user_id(member)? else {
+            return reject(ErrorCode::NotFound, format!("no user named {member}"));
+        };
+        let Some(mut m) = self.membership(conv, member_id)?.filter(|m| m.active()) else {
+            return reject(
+                ErrorCode::NotFound,
+                format!("{member} is not a member of group {conv}"),
+            );
+        };
+        if member_id == user {
+            return reject(ErrorCode::BadRequest, "you are the owner already");
+        }
+        let body = if role == GroupRole::Owner {
+            rec.owner = member_id;
+            m.role = GroupRole::Member;
+            self.set_membership(conv, member_id, &m)?;
+            let mut mine = self
+                .membership(conv, user)?
+                .ok_or(StoreError::Corrupt("members"))?;
+            mine.role = GroupRole::Admin;
+            self.set_membership(conv, user, &mine)?;
+            Body::OwnerChanged {
+                user: member.to_string(),
+            }
+        } else {
+            if m.role == role {
+                return Ok(WriteOutcome::Done);
+            }
+            m.role = role;
+            self.set_membership(conv, member_id, &m)?;
+            Body::RoleChanged {
+                user: member.to_string(),
+                role,
+            }
+        };
+        self.system_message(conv, rec, username, device, now, body)
+    }
+
+    fn message(&self, conv: u64, seq: u64) -> Result<Option<Message>, StoreError> {
+        match self.messages.get(k16(conv, seq))? {
+            Some(v) => Ok(Some(dec("messages", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_message(&mut self, m: &Message) -> Result<(), StoreError> {
+        self.messages
+            .insert(k16(m.conv, m.seq), enc(m).as_slice())?;
+        Ok(())
+    }
+
+    /// Edits, recalls or reacts to message `seq` of `conv`, and appends the
+    /// event that tells every device.
+    #[allow(clippy::too_many_arguments)]
+    fn amend(
+        &mut self,
+        user: u64,
+        username: &str,
+        device: u64,
+        conv: u64,
+        seq: u64,
+        change: &Amendment,
+        now: u64,
+    ) -> Result<WriteOutcome, StoreError> {
+        let (rec, m) = readable(&self.convs, &self.members, conv, user)?;
+        if !m.active() {
+            return reject(
+                ErrorCode::Forbidden,
+                format!("you are no longer a member of conversation {conv}"),
+            );
+        }
+        let not_found = || {
+            reject(
+                ErrorCode::NotFound,
+                format!("no message #{seq} in conversation {conv}"),
+            )
+        };
+        if seq < m.from_seq {
+            return not_found();
+        }
+        let Some(mut original) = self.message(conv, seq)? else {
+            return not_found();
+        };
+        let own = original.from == username;
+        let age = now.saturating_sub(original.ts);
+        match (&original.body, change) {
+            (Body::Text { .. }, _) => {}
+            // A recall retried after its answer was lost changes nothing more.
+            (Body::Recalled {}, Amendment::Recall { .. }) => return Ok(unchanged(&original)),
+            (Body::Recalled {}, _) => {
+                return reject(ErrorCode::NotFound, format!("message #{seq} was recalled"));
+            }
+            _ => {
+                return reject(
+                    ErrorCode::BadRequest,
+                    format!("message #{seq} is an event, not a message that can be changed"),
+                );
+            }
+        }
+        let event = match change {
+            Amendment::Edit { text, window_ms } => {
+                if !own {
+                    return reject(ErrorCode::Forbidden, "you can only edit your own messages");
+                }
+                if age > *window_ms {
+                    return reject(
+                        ErrorCode::TooLate,
+                        format!(
+                            "messages can be edited for {} s after sending",
+                            window_ms / 1000
+                        ),
+                    );
+                }
+                if let Body::Text {
+                    text: current,
+                    edited,
+                    ..
+                } = &mut original.body
+                {
+                    if current == text {
+                        return Ok(unchanged(&original));
+                    }
+                    *current = text.clone();
+                    *edited = Some(now);
+                }
+                self.put_message(&original)?;
+                Body::Edit {
+                    of: seq,
+                    text: text.clone(),
+                }
+            }
+            Amendment::Recall { window_ms } => {
+                let moderator =
+                    rec.kind == ConvKind::Group && role_of(&rec, user, &m) >= GroupRole::Admin;
+                if !own && !moderator {
+                    return reject(
+                        ErrorCode::Forbidden,
+                        "you can only recall your own messages",
+                    );
+                }
+                if !moderator && age > *window_ms {
+                    return reject(
+                        ErrorCode::TooLate,
+                        format!(
+                            "messages can be recalled for {} s after sending",
+                            window_ms / 1000
+                        ),
+                    );
+                }
+                // The content goes from the store: the message and every
+                // edit of it keep only their place in the conversation.
+                original.body = Body::Recalled {};
+                self.put_message(&original)?;
+                let mut edits = Vec::new();
+                for entry in self
+                    .edits
+                    .range(k24(conv, seq, 0)..=k24(conv, seq, u64::MAX))?
+                {
+                    edits.push(split24(entry?.0.value()).2);
+                }
+                for edit_seq in edits {
+                    if let Some(mut edit) = self.message(conv, edit_seq)? {
+                        edit.body = Body::Recalled {};
+                        self.put_message(&edit)?;
+                    }
+                    self.edits.remove(k24(conv, seq, edit_seq))?;
+                }
+                Body::Recall { of: seq }
+            }
+            Amendment::React { emoji, add } => {
+                let Body::Text { reactions, .. } = &mut original.body else {
+                    return not_found();
+                };
+                let at = reactions.iter().position(|r| r.emoji == *emoji);
+                let mine = at.is_some_and(|i| reactions[i].users.iter().any(|u| u == username));
+                if mine == *add {
+                    return Ok(unchanged(&original));
+                }
+                if *add {
+                    let total: usize = reactions.iter().map(|r| r.users.len()).sum();
+                    if total >= MAX_REACTIONS
+                        || (at.is_none() && reactions.len() >= MAX_REACTION_KINDS)
+                    {
+                        return reject(
+                            ErrorCode::BadRequest,
+                            format!("message #{seq} has as many reactions as a message can hold"),
+                        );
+                    }
+                    match at {
+                        Some(i) => reactions[i].users.push(username.to_string()),
+                        None => reactions.push(Reactions {
+                            emoji: emoji.clone(),
+                            users: vec![username.to_string()],
+                        }),
+                    }
+                } else if let Some(i) = at {
+                    reactions[i].users.retain(|u| u != username);
+                    if reactions[i].users.is_empty() {
+                        reactions.remove(i);
+                    }
+                }
+                self.put_message(&original)?;
+                Body::Reaction {
+                    of: seq,
+                    emoji: emoji.clone(),
+                    add: *add,
+                }
+            }
+        };
+        let edit = matches!(event, Body::Edit { .. });
+        let outcome = self.system_message(conv, rec, username, device, now, event)?;
+        if let (true, WriteOutcome::Message { ack, .. }) = (edit, &outcome) {
+            self.edits.insert(k24(conv, seq, ack.seq), ())?;
+        }
+        Ok(outcome)
     }
 
     fn apply(&mut self, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
@@ -1182,6 +1691,7 @@ impl<'t, 'c> Writer<'t, 'c> {
             ),
             WriteOp::Ack {
                 user,
+                username,
                 device,
                 conv,
                 seq,
@@ -1191,11 +1701,127 @@ impl<'t, 'c> Writer<'t, 'c> {
                 let key = k16(*device, *conv);
                 let current = self.cursors.get(key)?.map(|v| v.value()).unwrap_or(0);
                 let next = (*seq).min(top);
-                if next > current {
-                    self.cursors.insert(key, next)?;
+                if next <= current {
+                    return Ok(WriteOutcome::Done);
                 }
-                Ok(WriteOutcome::Done)
+                self.cursors.insert(key, next)?;
+                // Delivery receipts are pushed in direct conversations only:
+                // in a group every member's ack would go to every member, n²
+                // events per message. Groups ask with `receipts`.
+                if rec.kind != ConvKind::Direct {
+                    return Ok(WriteOutcome::Done);
+                }
+                let peers: Vec<u64> = self
+                    .active_members(*conv)?
+                    .iter()
+                    .copied()
+                    .filter(|id| id != user)
+                    .collect();
+                Ok(WriteOutcome::Notice {
+                    event: Event::Delivered(Marker {
+                        conv: *conv,
+                        user: username.clone(),
+                        seq: next,
+                    }),
+                    recipients: peers.into(),
+                })
             }
+            WriteOp::Amend {
+                user,
+                username,
+                device,
+                conv,
+                seq,
+                change,
+                now,
+            } => self.amend(*user, username, *device, *conv, *seq, change, *now),
+            WriteOp::Read {
+                user,
+                username,
+                conv,
+                seq,
+            } => {
+                let (rec, m) = readable(&self.convs, &self.members, *conv, *user)?;
+                let top = m.until_seq.unwrap_or(rec.last_seq);
+                let next = (*seq).min(top);
+                let key = k16(*conv, *user);
+                let current = self.read_markers.get(key)?.map(|v| v.value()).unwrap_or(0);
+                if next <= current {
+                    return Ok(WriteOutcome::Done);
+                }
+                self.read_markers.insert(key, next)?;
+                // The reader's other devices hear it as well as the other members.
+                let mut recipients = self.active_members(*conv)?.to_vec();
+                if !recipients.contains(user) {
+                    recipients.push(*user);
+                }
+                Ok(WriteOutcome::Notice {
+                    event: Event::Read(Marker {
+                        conv: *conv,
+                        user: username.clone(),
+                        seq: next,
+                    }),
+                    recipients: recipients.into(),
+                })
+            }
+            WriteOp::ConvDelete { user, conv } => {
+                let (rec, mut m) = readable(&self.convs, &self.members, *conv, *user)?;
+                let top = m.until_seq.unwrap_or(rec.last_seq);
+                if m.active() {
+                    m.cleared = m.cleared.max(top);
+                    self.set_membership(*conv, *user, &m)?;
+                } else {
+                    // A former member's view is all there is of it for them:
+                    // nothing new can arrive, so it goes for good.
+                    self.cache.0.remove(conv);
+                    self.members.remove(k16(*conv, *user))?;
+                    self.user_convs.remove(k16(*user, *conv))?;
+                }
+                // Every device of the user has now "received" what was deleted,
+                // so none of them syncs it again.
+                for d in self.user_devices(*user)? {
+                    let key = k16(d, *conv);
+                    let current = self.cursors.get(key)?.map(|v| v.value()).unwrap_or(0);
+                    if current < top {
+                        self.cursors.insert(key, top)?;
+                    }
+                }
+                Ok(WriteOutcome::Notice {
+                    event: Event::ConvDeleted(ConvDeleted {
+                        conv: *conv,
+                        seq: top,
+                    }),
+                    recipients: Arc::new([*user]),
+                })
+            }
+            WriteOp::GroupRename {
+                user,
+                username,
+                device,
+                conv,
+                name,
+                now,
+            } => {
+                let mut rec = self.group_for_change(*conv, *user)?;
+                if rec.owner != *user {
+                    return reject(ErrorCode::Forbidden, "only the group's owner can rename it");
+                }
+                if rec.name == *name {
+                    return Ok(WriteOutcome::Done);
+                }
+                rec.name = name.clone();
+                let body = Body::GroupRenamed { name: name.clone() };
+                self.system_message(*conv, rec, username, *device, *now, body)
+            }
+            WriteOp::GroupRole {
+                user,
+                username,
+                device,
+                conv,
+                member,
+                role,
+                now,
+            } => self.set_role(*user, username, *device, *conv, member, *role, *now),
             WriteOp::GroupCreate {
                 user,
                 username,
@@ -1230,14 +1856,7 @@ impl<'t, 'c> Writer<'t, 'c> {
                     created: *now,
                 };
                 for id in &ids {
-                    self.set_membership(
-                        conv,
-                        *id,
-                        &Membership {
-                            from_seq: 1,
-                            until_seq: None,
-                        },
-                    )?;
+                    self.set_membership(conv, *id, &Membership::from(1))?;
                 }
                 let body = Body::GroupCreated { name: name.clone() };
                 let message =
@@ -1257,6 +1876,12 @@ impl<'t, 'c> Writer<'t, 'c> {
                 now,
             } => {
                 let mut rec = self.group_for_change(*conv, *user)?;
+                if self.role(&rec, *conv, *user)? < GroupRole::Admin {
+                    return reject(
+                        ErrorCode::Forbidden,
+                        "only the group's owner and admins can add members",
+                    );
+                }
                 let Some(member_id) = self.user_id(member)? else {
                     return reject(ErrorCode::NotFound, format!("no user named {member}"));
                 };
@@ -1271,14 +1896,7 @@ impl<'t, 'c> Writer<'t, 'c> {
                     );
                 }
                 let seq = rec.last_seq + 1;
-                self.set_membership(
-                    *conv,
-                    member_id,
-                    &Membership {
-                        from_seq: seq,
-                        until_seq: None,
-                    },
-                )?;
+                self.set_membership(*conv, member_id, &Membership::from(seq))?;
                 let body = Body::MemberAdded {
                     user: member.clone(),
                 };
@@ -1300,10 +1918,11 @@ impl<'t, 'c> Writer<'t, 'c> {
                 now,
             } => {
                 let mut rec = self.group_for_change(*conv, *user)?;
-                if rec.owner != *user {
+                let actor = self.role(&rec, *conv, *user)?;
+                if actor < GroupRole::Admin {
                     return reject(
                         ErrorCode::Forbidden,
-                        "only the group's owner can remove members",
+                        "only the group's owner and admins can remove members",
                     );
                 }
                 let Some(member_id) = self.user_id(member)? else {
@@ -1318,6 +1937,13 @@ impl<'t, 'c> Writer<'t, 'c> {
                         format!("{member} is not a member of group {conv}"),
                     );
                 };
+                // Admins remove members; only the owner removes admins; nobody the owner.
+                if role_of(&rec, member_id, &m) >= actor {
+                    return reject(
+                        ErrorCode::Forbidden,
+                        format!("you cannot remove {member}: their role is not below yours"),
+                    );
+                }
                 let recipients = self.active_members(*conv)?;
                 let body = Body::MemberRemoved {
                     user: member.clone(),
@@ -1345,13 +1971,27 @@ impl<'t, 'c> Writer<'t, 'c> {
                     user: username.clone(),
                 };
                 if rec.owner == *user {
-                    // Ownership passes to the remaining member with the oldest account
-                    // (lowest user id): a rule every device can predict.
-                    rec.owner = recipients
-                        .iter()
-                        .copied()
-                        .find(|id| id != user)
-                        .unwrap_or(0);
+                    // Ownership passes to the remaining admin with the oldest
+                    // account (lowest user id), else to the oldest member: a rule
+                    // every device can predict from the history.
+                    let mut heir = None;
+                    for id in recipients.iter().copied().filter(|id| id != user) {
+                        let admin = self
+                            .membership(*conv, id)?
+                            .is_some_and(|m| m.role == GroupRole::Admin);
+                        if admin {
+                            heir = Some(id);
+                            break;
+                        }
+                        heir.get_or_insert(id);
+                    }
+                    rec.owner = heir.unwrap_or(0);
+                    if let Some(heir) = heir
+                        && let Some(mut m) = self.membership(*conv, heir)?
+                    {
+                        m.role = GroupRole::Member;
+                        self.set_membership(*conv, heir, &m)?;
+                    }
                 }
                 let message =
                     self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
@@ -1442,7 +2082,19 @@ impl<'t, 'c> Writer<'t, 'c> {
                 Some(v) => dec("messages", v.value())?,
                 None => return Err(StoreError::Corrupt("message_ids")),
             };
-            if stored.body != body {
+            // An edited or recalled message no longer reads as it was sent:
+            // compare what the sender sent, or accept the retry outright.
+            let as_sent = match &stored.body {
+                Body::Text {
+                    text,
+                    ext,
+                    reply_to,
+                    edited: None,
+                    ..
+                } => text == out.text && ext == out.ext && *reply_to == out.reply_to,
+                _ => true,
+            };
+            if !as_sent {
                 return reject(
                     ErrorCode::Conflict,
                     "this message id was already used for another message",
@@ -1502,24 +2154,40 @@ impl<'t, 'c> Writer<'t, 'c> {
                         };
                         self.direct.insert(key, conv)?;
                         for id in [user, peer] {
-                            self.set_membership(
-                                conv,
-                                id,
-                                &Membership {
-                                    from_seq: 1,
-                                    until_seq: None,
-                                },
-                            )?;
+                            self.set_membership(conv, id, &Membership::from(1))?;
                         }
                         (conv, rec)
                     }
                 }
             }
         };
+        if let Some(quoted) = out.reply_to {
+            let seen_from = self
+                .membership(conv, user)?
+                .map(|m| m.from_seq)
+                .unwrap_or(1);
+            if quoted < seen_from || quoted > rec.last_seq {
+                return reject(
+                    ErrorCode::NotFound,
+                    format!("no message #{quoted} in conversation {conv} to reply to"),
+                );
+            }
+        }
         let recipients = self.active_members(conv)?;
         let message = self.append(conv, &mut rec, mid, username, device, now, body)?;
         self.message_ids
             .insert(mid_key(user, &mid), k16(conv, message.seq))?;
+        // Writing in a conversation means having read it.
+        let marker = k16(conv, user);
+        if self
+            .read_markers
+            .get(marker)?
+            .map(|v| v.value())
+            .unwrap_or(0)
+            < message.seq
+        {
+            self.read_markers.insert(marker, message.seq)?;
+        }
         Ok(WriteOutcome::Message {
             ack: ack_of(&message, false),
             message: Some(message),
@@ -1534,6 +2202,15 @@ struct OutgoingText<'a> {
     ext: &'a Option<ByteBuf>,
     reply_to: Option<u64>,
     attachment: Option<&'a AttachmentRef>,
+}
+
+/// The answer to a change that was already made: the original's place, no event.
+fn unchanged(original: &Message) -> WriteOutcome {
+    WriteOutcome::Message {
+        ack: ack_of(original, true),
+        message: None,
+        recipients: Arc::new([]),
+    }
 }
 
 fn ack_of(m: &Message, duplicate: bool) -> SendAck {
