@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use quince::client::{Client, ClientError, Trust};
-use quince::protocol::{Body, ConvKind, ErrorCode, Message, Role, Target};
+use quince::protocol::{Body, ConvKind, ErrorCode, GroupRole, Message, Role, Target};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -17,18 +17,28 @@ fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
         .unwrap_or_else(|| panic!("expected a server error, got {err}"))
 }
 
-/// Registers members concurrently (one argon2 hash each on the server).
+/// Client endpoints (UDP sockets) the many members of a big group share, as
+/// a load generator would: a test process has too few file descriptors and
+/// ports to give 500 clients a socket each.
+const ENDPOINTS: usize = 4;
+
+/// Registers members concurrently (one argon2 hash each on the server), their
+/// connections spread over [`ENDPOINTS`] shared client endpoints.
 async fn members(server: &TestServer, admin: &Client, names: &[String]) -> Vec<Client> {
+    let endpoints: Vec<quinn::Endpoint> = (0..ENDPOINTS)
+        .map(|_| quince::client::endpoint("127.0.0.1:0".parse().unwrap()).expect("endpoint"))
+        .collect();
     let mut set = JoinSet::new();
     for (i, name) in names.iter().cloned().enumerate() {
         let admin = admin.clone();
         let (addr, fingerprint) = (server.addr, server.fingerprint.clone());
+        let endpoint = endpoints[i % ENDPOINTS].clone();
         set.spawn(async move {
             let invite = admin
                 .admin_invite(Role::Member, None)
                 .await
                 .expect("invite");
-            let client = Client::connect(addr, Trust::Pinned(fingerprint))
+            let client = Client::connect_on(&endpoint, addr, Trust::Pinned(fingerprint))
                 .await
                 .expect("connect");
             client
@@ -58,14 +68,14 @@ fn seqs(messages: &[Message]) -> Vec<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_member_group_gets_one_message_on_every_connection() {
+async fn five_hundred_member_group_gets_one_message_on_every_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
     let admin = server.admin().await;
     let owner = server.user(&admin, "owner").await;
-    let names: Vec<String> = (0..50).map(|i| format!("member{i:02}")).collect();
+    let names: Vec<String> = (0..499).map(|i| format!("member{i:03}")).collect();
     let clients = members(&server, &admin, &names).await;
-    assert_eq!(clients.len(), 50);
+    assert_eq!(clients.len(), 499);
     let mut owner_in = owner.subscribe().await.unwrap();
     let mut inboxes = Vec::new();
     for c in &clients {
@@ -73,10 +83,13 @@ async fn fifty_member_group_gets_one_message_on_every_connection() {
     }
 
     let member_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let conv = owner.group_create("fifty", &member_refs).await.unwrap();
+    let conv = owner
+        .group_create("five hundred", &member_refs)
+        .await
+        .unwrap();
     let listed = owner.group_members(conv).await.unwrap();
-    assert_eq!(listed.name, "fifty");
-    assert_eq!(listed.members.len(), 51);
+    assert_eq!(listed.name, "five hundred");
+    assert_eq!(listed.members.len(), 500);
     let owners: Vec<&str> = listed
         .members
         .iter()
@@ -90,13 +103,13 @@ async fn fifty_member_group_gets_one_message_on_every_connection() {
         assert_eq!(
             m.body,
             Body::GroupCreated {
-                name: "fifty".into()
+                name: "five hundred".into()
             }
         );
     }
 
     let ack = owner
-        .send(Target::Conv(conv), "hello, fifty", None)
+        .send(Target::Conv(conv), "hello, five hundred", None)
         .await
         .unwrap();
     assert_eq!((ack.conv, ack.seq, ack.duplicate), (conv, 2, false));
@@ -104,7 +117,7 @@ async fn fifty_member_group_gets_one_message_on_every_connection() {
         let m = next(inbox).await;
         assert_eq!(
             (m.conv, m.seq, m.from.as_str(), text(&m)),
-            (conv, 2, "owner", "hello, fifty"),
+            (conv, 2, "owner", "hello, five hundred"),
             "member {i}"
         );
     }
@@ -113,22 +126,22 @@ async fn fifty_member_group_gets_one_message_on_every_connection() {
     all_quiet(&mut inboxes, Duration::from_millis(300)).await;
     assert!(owner_in.try_recv().is_err(), "the sender got an echo");
 
-    // A reply from one member reaches the owner and the 49 others, not its sender.
+    // A reply from one member reaches the owner and the 498 others, not its sender.
     clients[7]
-        .send(Target::Conv(conv), "reply from 07", None)
+        .send(Target::Conv(conv), "reply from 007", None)
         .await
         .unwrap();
     let m = next(&mut owner_in).await;
     assert_eq!(
         (m.seq, m.from.as_str(), text(&m)),
-        (3, "member07", "reply from 07")
+        (3, "member007", "reply from 007")
     );
     for (i, inbox) in inboxes.iter_mut().enumerate() {
         if i == 7 {
             continue;
         }
         let m = next(inbox).await;
-        assert_eq!((m.seq, text(&m)), (3, "reply from 07"), "member {i}");
+        assert_eq!((m.seq, text(&m)), (3, "reply from 007"), "member {i}");
     }
     all_quiet(&mut inboxes, Duration::from_millis(200)).await;
     nothing(&mut owner_in, Duration::from_millis(10)).await;
@@ -223,7 +236,7 @@ async fn removed_member_stops_receiving_and_loses_access() {
 }
 
 #[tokio::test]
-async fn only_the_owner_removes_anyone_adds_leavers_stop_receiving_ownership_passes() {
+async fn plain_members_neither_add_nor_remove_leavers_stop_receiving_ownership_passes() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
     let admin = server.admin().await;
@@ -258,11 +271,15 @@ async fn only_the_owner_removes_anyone_adds_leavers_stop_receiving_ownership_pas
         ]
     );
 
-    // Any member can add.
-    bob.group_add(conv, "dave").await.unwrap();
-    for inbox in [&mut alice_in, &mut carol_in, &mut dave_in] {
+    // Nor add: that takes the owner or an admin.
+    assert_eq!(
+        refused(bob.group_add(conv, "dave").await),
+        ErrorCode::Forbidden
+    );
+    alice.group_add(conv, "dave").await.unwrap();
+    for inbox in [&mut bob_in, &mut carol_in, &mut dave_in] {
         let m = next(inbox).await;
-        assert_eq!((m.seq, m.from.as_str()), (2, "bob"));
+        assert_eq!((m.seq, m.from.as_str()), (2, "alice"));
         assert_eq!(
             m.body,
             Body::MemberAdded {
@@ -271,7 +288,7 @@ async fn only_the_owner_removes_anyone_adds_leavers_stop_receiving_ownership_pas
         );
     }
     // Adding a current member again changes nothing.
-    carol.group_add(conv, "dave").await.unwrap();
+    alice.group_add(conv, "dave").await.unwrap();
     assert_eq!(
         alice
             .history(conv, None, None, 10)
@@ -593,4 +610,172 @@ async fn rows(client: &quince::client::Client) -> Vec<(u64, ConvKind, String, u6
         .iter()
         .map(|c| (c.conv, c.kind, c.name.clone(), c.last_seq, c.member))
         .collect()
+}
+
+#[tokio::test]
+async fn owner_and_admins_manage_the_group_and_nobody_removes_the_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let carol = server.user(&admin, "carol").await;
+    let dave = server.user(&admin, "dave").await;
+    let erin = server.user(&admin, "erin").await;
+    let mut erin_in = erin.subscribe().await.unwrap();
+    let conv = alice
+        .group_create("club", &["bob", "carol", "dave"])
+        .await
+        .unwrap();
+    let roles = |m: quince::protocol::Members| -> Vec<(String, GroupRole)> {
+        m.members.into_iter().map(|m| (m.user, m.role)).collect()
+    };
+
+    // Plain members manage nothing.
+    assert_eq!(
+        refused(bob.group_add(conv, "erin").await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(bob.group_remove(conv, "carol").await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(bob.group_rename(conv, "bob's club").await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(bob.group_promote(conv, "bob").await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(bob.group_remove(conv, "alice").await),
+        ErrorCode::Forbidden
+    );
+
+    // The owner makes Bob and Dave admins; everyone sees it in the history.
+    alice.group_promote(conv, "bob").await.unwrap();
+    alice.group_promote(conv, "dave").await.unwrap();
+    assert_eq!(
+        roles(carol.group_members(conv).await.unwrap()),
+        [
+            ("alice".into(), GroupRole::Owner),
+            ("bob".into(), GroupRole::Admin),
+            ("carol".into(), GroupRole::Member),
+            ("dave".into(), GroupRole::Admin),
+        ]
+    );
+    let page = carol.history(conv, None, None, 10).await.unwrap();
+    assert_eq!(
+        page.messages.last().unwrap().body,
+        Body::RoleChanged {
+            user: "dave".into(),
+            role: GroupRole::Admin
+        }
+    );
+    // An admin adds and removes members, but not other admins, nor the owner;
+    // renaming and roles stay the owner's.
+    bob.group_add(conv, "erin").await.unwrap();
+    let m = next(&mut erin_in).await;
+    assert_eq!(
+        (m.from.as_str(), m.body),
+        (
+            "bob",
+            Body::MemberAdded {
+                user: "erin".into()
+            }
+        )
+    );
+    bob.group_remove(conv, "carol").await.unwrap();
+    assert_eq!(
+        next(&mut erin_in).await.body,
+        Body::MemberRemoved {
+            user: "carol".into()
+        }
+    );
+    assert_eq!(
+        refused(bob.group_remove(conv, "dave").await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(bob.group_remove(conv, "alice").await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(erin.group_remove(conv, "alice").await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(bob.group_rename(conv, "bob's club").await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(bob.group_demote(conv, "dave").await),
+        ErrorCode::Forbidden
+    );
+
+    // The owner renames: an event, and the new name in every list.
+    alice.group_rename(conv, "lunch club").await.unwrap();
+    let m = next(&mut erin_in).await;
+    assert_eq!(
+        m.body,
+        Body::GroupRenamed {
+            name: "lunch club".into()
+        }
+    );
+    let listed = erin.conversations().await.unwrap().conversations;
+    assert_eq!(listed[0].name, "lunch club");
+
+    // Ownership moves to Dave; Alice stays as an admin and has lost the rest.
+    alice.group_transfer(conv, "dave").await.unwrap();
+    let m = next(&mut erin_in).await;
+    assert_eq!(
+        (m.from.as_str(), m.body),
+        (
+            "alice",
+            Body::OwnerChanged {
+                user: "dave".into()
+            }
+        )
+    );
+    assert_eq!(
+        roles(erin.group_members(conv).await.unwrap()),
+        [
+            ("alice".into(), GroupRole::Admin),
+            ("bob".into(), GroupRole::Admin),
+            ("dave".into(), GroupRole::Owner),
+            ("erin".into(), GroupRole::Member),
+        ]
+    );
+    assert_eq!(
+        refused(alice.group_rename(conv, "mine again").await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(alice.group_remove(conv, "dave").await),
+        ErrorCode::Forbidden
+    );
+    // The new owner demotes Bob, who can then add nobody; and removes Alice.
+    dave.group_demote(conv, "bob").await.unwrap();
+    assert_eq!(
+        refused(bob.group_add(conv, "carol").await),
+        ErrorCode::Forbidden
+    );
+    dave.group_remove(conv, "alice").await.unwrap();
+    // Only current members can be promoted or handed the group.
+    assert_eq!(
+        refused(dave.group_transfer(conv, "carol").await),
+        ErrorCode::NotFound
+    );
+
+    // When an owner leaves, an admin inherits before older plain members.
+    dave.group_promote(conv, "erin").await.unwrap();
+    dave.group_leave(conv).await.unwrap();
+    assert_eq!(
+        roles(bob.group_members(conv).await.unwrap()),
+        [
+            ("bob".into(), GroupRole::Member),
+            ("erin".into(), GroupRole::Owner),
+        ]
+    );
 }

@@ -16,8 +16,9 @@ use redb::{
 };
 
 use super::{
-    CONVS, CURSORS, DEVICE_TOKENS, DEVICES, DIRECT, INVITES, MEMBERS, MESSAGE_IDS, MESSAGES, META,
-    SCHEMA_VERSION, Store, StoreError, USER_CONVS, USER_DEVICES, USERNAMES, USERS,
+    CONVS, CURSORS, DEVICE_TOKENS, DEVICES, DIRECT, EDITS, INVITES, MEMBERS, MESSAGE_IDS, MESSAGES,
+    META, READ_MARKERS, SCHEMA_VERSION, Store, StoreError, TEXT_ORDINALS, USER_CONVS, USER_DEVICES,
+    USERNAMES, USERS,
 };
 
 /// Bytes of keys and values copied per transaction of the copy.
@@ -50,6 +51,9 @@ fn each_table(v: &mut impl TableVisitor) -> Result<(), StoreError> {
     v.visit(MESSAGES)?;
     v.visit(MESSAGE_IDS)?;
     v.visit(CURSORS)?;
+    v.visit(READ_MARKERS)?;
+    v.visit(TEXT_ORDINALS)?;
+    v.visit(EDITS)?;
     Ok(())
 }
 

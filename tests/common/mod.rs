@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod appliance;
+pub mod cli;
 pub mod nut;
 
 use std::io::{BufRead, BufReader};
