@@ -821,6 +821,17 @@ fn show(m: &Message, me: &str) -> String {
     format!("[{}] #{} {text}", clock(m.ts), m.seq)
 }
 
+/// What the chat shows for an event about the conversation on screen.
+fn event_line(event: &quince::protocol::Event, conv: Option<u64>, me: &str) -> Option<String> {
+    use quince::protocol::Event;
+    match event {
+        Event::Read(r) if Some(r.conv) == conv && r.user != me => {
+            Some(format!("({} has read up to #{})", r.user, r.seq))
+        }
+        _ => None,
+    }
+}
+
 /// What the chat shows when the server's power changes.
 fn power_line(notice: &PowerNotice) -> String {
     match (notice.state, notice.shutdown_in_secs) {
@@ -865,8 +876,14 @@ async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
     );
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut power = client.power();
+    let mut events = client.events();
     loop {
         tokio::select! {
+            Ok(event) = events.recv() => {
+                if let Some(line) = event_line(&event, conv, &p.user) {
+                    eprintln!("{line}");
+                }
+            }
             Ok(()) = power.changed() => {
                 let notice = power.borrow_and_update().clone();
                 eprintln!("{}", power_line(&notice));
@@ -889,6 +906,9 @@ async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
                 if ours {
                     conv = Some(m.conv);
                     println!("{}", show(&m, &p.user));
+                    // Shown on the screen is read: tell the sender and our other devices.
+                    let (reader, seq) = (client.clone(), m.seq);
+                    tokio::spawn(async move { reader.mark_read(m.conv, seq).await });
                 } else {
                     println!("(conversation {} from {}: {})", m.conv, m.from, show(&m, &p.user));
                 }

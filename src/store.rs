@@ -171,6 +171,9 @@ pub struct ConvRecord {
     pub owner: u64,
     pub last_seq: u64,
     pub created: u64,
+    /// How many of its messages are texts (the last `text_ordinals` entry).
+    #[serde(default)]
+    pub texts: u64,
 }
 
 /// One user's membership of a conversation: which sequence numbers they may read.
@@ -965,24 +968,30 @@ fn texts_upto(
     )
 }
 
-/// Schema 2 added unread counts: number the text messages already stored.
+/// Schema 2 added unread counts: number the text messages already stored,
+/// and record each conversation's count.
 fn migrate_1_to_2(txn: &WriteTransaction) -> Result<(), StoreError> {
     let messages = txn.open_table(MESSAGES)?;
     let mut ordinals = txn.open_table(TEXT_ORDINALS)?;
-    let (mut conv, mut count) = (u64::MAX, 0u64);
+    let mut counts: HashMap<u64, u64> = HashMap::new();
     for entry in messages.iter()? {
         let (k, v) = entry?;
-        let (c, seq) = split16(k.value());
-        if c != conv {
-            (conv, count) = (c, 0);
+        let (conv, seq) = split16(k.value());
+        let body = dec::<Message>("messages", v.value())?.body;
+        if matches!(body, Body::Text { .. }) {
+            let count = counts.entry(conv).or_default();
+            *count += 1;
+            ordinals.insert(k16(conv, seq), *count)?;
         }
-        if matches!(
-            dec::<Message>("messages", v.value())?.body,
-            Body::Text { .. }
-        ) {
-            count += 1;
-            ordinals.insert(k16(c, seq), count)?;
-        }
+    }
+    let mut convs = txn.open_table(CONVS)?;
+    for (conv, texts) in counts {
+        let Some(rec) = convs.get(conv)?.map(|v| v.value().to_vec()) else {
+            continue;
+        };
+        let mut rec: ConvRecord = dec("conversations", &rec)?;
+        rec.texts = texts;
+        convs.insert(conv, enc(&rec).as_slice())?;
     }
     Ok(())
 }
@@ -1233,11 +1242,11 @@ impl<'t, 'c> Writer<'t, 'c> {
         };
         self.messages
             .insert(k16(conv, seq), enc(&message).as_slice())?;
-        self.convs.insert(conv, enc(rec).as_slice())?;
         if matches!(message.body, Body::Text { .. }) {
-            let texts = texts_upto(&self.text_ordinals, conv, seq)? + 1;
-            self.text_ordinals.insert(k16(conv, seq), texts)?;
+            rec.texts += 1;
+            self.text_ordinals.insert(k16(conv, seq), rec.texts)?;
         }
+        self.convs.insert(conv, enc(rec).as_slice())?;
         let cursor_key = k16(device, conv);
         let cursor = self
             .cursors
@@ -1854,6 +1863,7 @@ impl<'t, 'c> Writer<'t, 'c> {
                     owner: *user,
                     last_seq: 0,
                     created: *now,
+                    texts: 0,
                 };
                 for id in &ids {
                     self.set_membership(conv, *id, &Membership::from(1))?;
@@ -2151,6 +2161,7 @@ impl<'t, 'c> Writer<'t, 'c> {
                             owner: 0,
                             last_seq: 0,
                             created: now,
+                            texts: 0,
                         };
                         self.direct.insert(key, conv)?;
                         for id in [user, peer] {
@@ -2219,5 +2230,107 @@ fn ack_of(m: &Message, duplicate: bool) -> SendAck {
         seq: m.seq,
         ts: m.ts,
         duplicate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(n: u8) -> [u8; 32] {
+        [n; 32]
+    }
+
+    /// A schema 1 file (no text ordinals, no counts in the conversation
+    /// records) opens as schema 2 with unread counts for what it held.
+    #[tokio::test]
+    async fn schema_1_files_get_unread_counts_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (store, writer) = Store::open(&path, 1 << 20).unwrap();
+        for (i, name) in ["alice", "bob"].into_iter().enumerate() {
+            let n = i as u8 + 1;
+            store
+                .write(WriteOp::CreateInvite {
+                    token_hash: hash(n),
+                    role: Role::Member,
+                    expires: u64::MAX,
+                    created_by: 0,
+                })
+                .await
+                .unwrap();
+            store
+                .write(WriteOp::Register {
+                    invite_hash: hash(n),
+                    username: name.into(),
+                    password: String::new(),
+                    device: "d".into(),
+                    token_hash: hash(n + 10),
+                    now: 0,
+                })
+                .await
+                .unwrap();
+        }
+        for i in 0..3u8 {
+            store
+                .write(WriteOp::Send {
+                    user: 1,
+                    username: "alice".into(),
+                    device: 1,
+                    target: Target::User("bob".into()),
+                    mid: [i + 1; MID_LEN],
+                    text: format!("m{i}"),
+                    ext: None,
+                    reply_to: None,
+                    attachment: None,
+                    now: 0,
+                })
+                .await
+                .unwrap();
+        }
+        drop(store);
+        writer.join();
+
+        // Take the file back to schema 1.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert("schema_version", 1u32.to_be_bytes().as_slice())
+                    .unwrap();
+                txn.delete_table(TEXT_ORDINALS).unwrap();
+                let mut convs = txn.open_table(CONVS).unwrap();
+                let bytes = convs.get(1).unwrap().unwrap().value().to_vec();
+                let mut rec: ConvRecord = dec("conversations", &bytes).unwrap();
+                rec.texts = 0;
+                convs.insert(1, enc(&rec).as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+
+        let (store, writer) = Store::open(&path, 1 << 20).unwrap();
+        let bob = store.conversations(2, 2, false).unwrap();
+        assert_eq!((bob[0].unread, bob[0].last_seq), (3, 3));
+        // New texts count on from the migrated total.
+        store
+            .write(WriteOp::Send {
+                user: 1,
+                username: "alice".into(),
+                device: 1,
+                target: Target::Conv(1),
+                mid: [9; MID_LEN],
+                text: "m3".into(),
+                ext: None,
+                reply_to: None,
+                attachment: None,
+                now: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.conversations(2, 2, false).unwrap()[0].unread, 4);
+        drop(store);
+        writer.join();
+        assert_eq!(check_file(&path).unwrap(), SCHEMA_VERSION);
     }
 }
