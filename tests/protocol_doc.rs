@@ -22,9 +22,9 @@ use std::fmt::Debug;
 
 use ciborium::Value;
 use quince::protocol::{
-    BackupReady, Body, ErrorBody, ErrorCode, Event, MAX_FRAME, Message, Page, Reply, Request, Role,
-    SendAck, Session, StreamHeader, decode_event, decode_reply, decode_request, decode_result,
-    decode_stream_header, encode_err, encode_event, encode_ok, encode_request,
+    BackupReady, Body, ErrorBody, ErrorCode, Event, MAX_FRAME, Marker, Message, Page, Reply,
+    Request, Role, SendAck, Session, StreamHeader, decode_event, decode_reply, decode_request,
+    decode_result, decode_stream_header, encode_err, encode_event, encode_ok, encode_request,
     encode_stream_header,
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -254,6 +254,23 @@ fn examples() -> Vec<Example> {
                 id: 6,
                 offset: None,
             },
+        ),
+        request(
+            "edit",
+            8,
+            Request::Edit {
+                conv: 1,
+                seq: 1,
+                text: "hi!".into(),
+            },
+        ),
+        event(
+            "event_read",
+            Event::Read(Marker {
+                conv: 1,
+                user: "bob".into(),
+                seq: 2,
+            }),
         ),
     ]
 }
