@@ -779,3 +779,49 @@ async fn owner_and_admins_manage_the_group_and_nobody_removes_the_owner() {
         ]
     );
 }
+
+/// Group roles from the command line, between real users.
+#[tokio::test]
+async fn the_command_line_manages_roles_renames_and_hands_groups_over() {
+    use common::cli::CliUser;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let users: Vec<CliUser> = ["alice", "bob", "carol"]
+        .into_iter()
+        .map(CliUser::new)
+        .collect();
+    for user in &users {
+        let invite = admin.admin_invite(Role::Member, None).await.unwrap();
+        user.register(&server, &invite.token);
+    }
+    let [alice, bob, carol] = &users[..] else {
+        unreachable!()
+    };
+    let created = alice.ok(&["group", "create", "club", "bob"]);
+    let conv = created.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(!bob.fails(&["group", "add", &conv, "carol"]).is_empty());
+    alice.ok(&["group", "promote", &conv, "bob"]);
+    bob.ok(&["group", "add", &conv, "carol"]);
+    alice.ok(&["group", "rename", &conv, "lunch club"]);
+    let members = carol.ok(&["group", "members", &conv]);
+    assert_eq!(
+        members, "lunch club:\n  alice (owner)\n  bob (admin)\n  carol\n",
+        "{members}"
+    );
+    assert!(!bob.fails(&["group", "remove", &conv, "alice"]).is_empty());
+    alice.ok(&["group", "transfer", &conv, "carol"]);
+    let members = bob.ok(&["group", "members", &conv]);
+    assert!(members.contains("alice (admin)") && members.contains("carol (owner)"));
+    carol.ok(&["group", "demote", &conv, "bob"]);
+    let history = bob.ok(&["history", "--group", &conv]);
+    for line in [
+        "alice made bob admin",
+        "you added carol",
+        "alice renamed the group to lunch club",
+        "alice handed the group to carol",
+        "carol made bob member",
+    ] {
+        assert!(history.contains(line), "{line:?} in {history}");
+    }
+}
