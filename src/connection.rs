@@ -780,14 +780,19 @@ fn ephemeral(state: &State, auth: &Auth, id: u64, request: &Request) -> Option<R
 /// membership (a group made, joined, left or shrunk, a direct conversation
 /// started by its first message) invalidates the lists of everyone involved.
 fn memberships_changed(state: &State, request: &Request, outcome: &WriteOutcome) {
-    let (users, conv): (&[u64], Option<u64>) = match (request, outcome) {
-        (Request::GroupCreate { .. }, WriteOutcome::Group { recipients, .. }) => (recipients, None),
+    let (users, conv): (&[u64], u64) = match (request, outcome) {
+        (
+            Request::GroupCreate { .. },
+            WriteOutcome::Group {
+                recipients, conv, ..
+            },
+        ) => (recipients, *conv),
         (
             Request::GroupAdd { conv, .. }
             | Request::GroupRemove { conv, .. }
             | Request::GroupLeave { conv },
             WriteOutcome::Message { recipients, .. },
-        ) => (recipients, Some(*conv)),
+        ) => (recipients, *conv),
         (
             Request::Send { .. },
             WriteOutcome::Message {
@@ -795,13 +800,11 @@ fn memberships_changed(state: &State, request: &Request, outcome: &WriteOutcome)
                 recipients,
                 ..
             },
-        ) if m.seq == 1 => (recipients, None),
+        ) if m.seq == 1 => (recipients, m.conv),
         _ => return,
     };
     state.presence.memberships_changed(users);
-    if let Some(conv) = conv {
-        state.typing.members_changed(conv);
-    }
+    state.typing.members_changed(conv);
 }
 
 /// `admin_backup`: takes a snapshot, answers with its size and checksum, and

@@ -147,7 +147,9 @@ impl Typing {
         };
         let list: Arc<[u64]> = store.active_member_ids(conv)?.into();
         let mut cache = lock(&self.members);
-        if cache.generation == generation {
+        // An empty list is a conversation that does not exist (yet): not
+        // cached, so probing ids cannot fill the cache or hide a new group.
+        if cache.generation == generation && !list.is_empty() {
             if cache.lists.len() >= MAX_CACHED_CONVS {
                 cache.lists.clear();
             }

@@ -242,8 +242,18 @@ async fn typing_reaches_other_members_only_and_is_not_stored() {
         ErrorCode::Forbidden
     );
 
+    // Conversations that do not exist yet are refused too, and that answer is
+    // not remembered: once a group gets one of those ids, its members may type.
+    for unborn in conv + 1..conv + 4 {
+        assert_eq!(
+            refused(carol.typing(unborn, true).await),
+            ErrorCode::Forbidden
+        );
+    }
+
     // A member who left a group may no longer type in it.
     let group = alice.group_create("g", &["bob", "carol"]).await.unwrap();
+    assert!((conv + 1..conv + 4).contains(&group));
     carol.typing(group, true).await.unwrap();
     let t = next_typing(&mut at_alice).await;
     assert_eq!((t.conv, t.user.as_str()), (group, "carol"));
