@@ -470,9 +470,8 @@ impl Connection {
     fn go_offline(&mut self) {
         if let Some(auth) = self.auth.take() {
             self.state.hub.unregister(auth.user, auth.conn_id);
-            let (store, hub) = (&self.state.store, &self.state.hub);
             let (user, name, conn) = (auth.user, &auth.username, auth.conn_id);
-            self.state.presence.disconnect(store, hub, user, name, conn);
+            crate::presence::disconnected(&self.state, user, name, conn);
             self.state.typing.forget(conn);
         }
     }

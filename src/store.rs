@@ -789,14 +789,13 @@ fn readable(
 /// Reads for presence and typing (`crate::presence`, `crate::typing`), which
 /// keep what they read in memory and so ask rarely.
 impl Store {
-    /// Everyone who shares an active membership of a conversation with
-    /// `user` (not `user`), with their names, sorted by name. One read
-    /// transaction: the user's conversations, then each one's members.
-    pub fn contacts(&self, user: u64) -> Result<Vec<(u64, String)>, StoreError> {
+    /// Ids of everyone who shares an active membership of a conversation
+    /// with `user` (not `user`), ascending. One read transaction: the user's
+    /// conversations, then each one's members; no user records are read.
+    pub fn contacts(&self, user: u64) -> Result<Vec<u64>, StoreError> {
         let txn = self.db.begin_read()?;
         let user_convs = txn.open_table(USER_CONVS)?;
         let members = txn.open_table(MEMBERS)?;
-        let users = txn.open_table(USERS)?;
         let mut ids = std::collections::BTreeSet::new();
         for entry in user_convs.range(k16(user, 0)..=k16(user, u64::MAX))? {
             let (key, _) = entry?;
@@ -816,13 +815,19 @@ impl Store {
                 }
             }
         }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// The names of these users (those that exist), in one read transaction.
+    pub fn user_names(&self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let users = txn.open_table(USERS)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(u) = read_user(&users, id)? {
-                out.push((id, u.name));
+            if let Some(u) = read_user(&users, *id)? {
+                out.push((*id, u.name));
             }
         }
-        out.sort_by(|a, b| a.1.cmp(&b.1));
         Ok(out)
     }
 

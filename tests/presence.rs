@@ -146,6 +146,38 @@ async fn presence_follows_every_device_of_a_contact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_reconnect_is_not_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    alice
+        .send(Target::User("bob".into()), "hi bob", None)
+        .await
+        .unwrap();
+    let mut seen = alice.events();
+    let _inbox = alice.subscribe().await.unwrap();
+
+    // Bob's app restarts: its connection goes and a new one comes at once.
+    let left = std::time::Instant::now();
+    bob.close().await;
+    let again = device(&server, "bob", "phone").await;
+    let quick = left.elapsed() < quince::presence::OFFLINE_GRACE / 2;
+    again.set_presence(PresenceState::Away).await.unwrap();
+    let mut p = next_presence(&mut seen).await;
+    if !quick && p.state == PresenceState::Offline {
+        // Too slow a machine to have beaten the grace time: then alice heard
+        // offline and online first, and nothing else.
+        p = next_presence(&mut seen).await;
+        assert_eq!(state(&p), ("bob", PresenceState::Online));
+        p = next_presence(&mut seen).await;
+    }
+    // Otherwise the first thing alice heard is bob going away.
+    assert_eq!(state(&p), ("bob", PresenceState::Away));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contacts_follow_group_membership() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
