@@ -21,7 +21,7 @@
 //!   second device logging in, or one of two devices going away, sends nothing);
 //! - the recipients are the user's contact list, kept in memory: built from the
 //!   store once, in one read transaction, when first needed (normally at
-//!   login), dropped when the user goes offline, and invalidated when a
+//!   login), dropped once the user is announced offline, and invalidated when a
 //!   membership that involves the user changes (`memberships_changed`);
 //! - the event is encoded once and queued only for contacts that are online
 //!   (one hash lookup each in the hub), never with a store read per contact;
