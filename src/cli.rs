@@ -143,6 +143,31 @@ pub enum ClientCommand {
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
     },
+    /// Show your contacts' presence: online, away, or offline (with last seen).
+    Presence,
+    /// Tell a user (or a group with --group) that you are typing.
+    Typing {
+        /// User name, or a conversation id with --group.
+        to: String,
+        #[arg(long)]
+        group: bool,
+        /// Say you stopped typing instead.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Show as `away` (or `online`) to your contacts while this runs, until
+    /// end of input (Ctrl-D) or Ctrl-C.
+    SetPresence {
+        #[arg(value_enum)]
+        state: PresenceArg,
+    },
+}
+
+/// The states a device can choose (`offline` is what disconnecting is).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PresenceArg {
+    Online,
+    Away,
 }
 
 #[derive(Subcommand)]
@@ -393,6 +418,11 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
             println!("deleted conversation {conv} from your view");
         }
         ClientCommand::Chat { to, group } => chat(profile_name, &to, group).await?,
+        ClientCommand::Presence => show_presence(profile_name).await?,
+        ClientCommand::Typing { to, group, stop } => {
+            send_typing(profile_name, &to, group, !stop).await?
+        }
+        ClientCommand::SetPresence { state } => hold_presence(profile_name, state).await?,
         ClientCommand::Backup {
             dest,
             encrypt,
@@ -822,7 +852,7 @@ fn show(m: &Message, me: &str) -> String {
 }
 
 /// What the chat shows for an event about the conversation on screen.
-fn event_line(event: &quince::protocol::Event, conv: Option<u64>, me: &str) -> Option<String> {
+fn receipt_line(event: &quince::protocol::Event, conv: Option<u64>, me: &str) -> Option<String> {
     use quince::protocol::Event;
     match event {
         Event::Read(r) if Some(r.conv) == conv && r.user != me => {
@@ -869,21 +899,17 @@ async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
             }
         }
     }
+    let mut events = client.events();
     let mut inbox = client.subscribe().await?;
     eprintln!(
         "chatting with {to} as {}; type a line and press Enter to send, Ctrl-D to quit",
         p.user
     );
+    let peers = chat_peers(&client, to, conv, group, &p.user).await;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut power = client.power();
-    let mut events = client.events();
     loop {
         tokio::select! {
-            Ok(event) = events.recv() => {
-                if let Some(line) = event_line(&event, conv, &p.user) {
-                    eprintln!("{line}");
-                }
-            }
             Ok(()) = power.changed() => {
                 let notice = power.borrow_and_update().clone();
                 eprintln!("{}", power_line(&notice));
@@ -891,9 +917,17 @@ async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
             line = lines.next_line() => {
                 let Some(line) = line? else { break };
                 if line.trim().is_empty() { continue; }
+                if chat_presence_command(&client, &line).await { continue; }
                 let dest = match conv { Some(c) => Target::Conv(c), None => target(to, group)? };
                 let ack = client.send(dest, &line, None).await?;
                 conv = Some(ack.conv);
+            }
+            Ok(event) = events.recv() => {
+                let line = chat_event_line(&event, conv, &peers)
+                    .or_else(|| receipt_line(&event, conv, &p.user));
+                if let Some(line) = line {
+                    eprintln!("{line}");
+                }
             }
             message = inbox.recv() => {
                 let Some(m) = message else {
@@ -917,6 +951,147 @@ async fn chat(profile_name: &str, to: &str, group: bool) -> anyhow::Result<()> {
     }
     client.close().await;
     Ok(())
+}
+
+// ---- Presence and typing: commands, and what `quince chat` shows of them ----
+
+async fn show_presence(profile_name: &str) -> anyhow::Result<()> {
+    let (client, _) = resume(profile_name).await?;
+    let list = client.presence().await?.users;
+    if list.is_empty() {
+        println!("no contacts yet (people you share a conversation with)");
+    }
+    let width = list.iter().map(|i| i.user.len()).max().unwrap_or(0);
+    for info in &list {
+        println!("{:<width$}  {}", info.user, presence_state(info));
+    }
+    Ok(())
+}
+
+async fn send_typing(
+    profile_name: &str,
+    to: &str,
+    group: bool,
+    active: bool,
+) -> anyhow::Result<()> {
+    let (client, _) = resume(profile_name).await?;
+    let Some(conv) = find_conv(&client, to, group).await? else {
+        bail!("no conversation with {to} yet; send a message first");
+    };
+    client.typing(conv, active).await?;
+    println!(
+        "told {to} you {}",
+        if active {
+            "are typing"
+        } else {
+            "stopped typing"
+        }
+    );
+    Ok(())
+}
+
+async fn hold_presence(profile_name: &str, state: PresenceArg) -> anyhow::Result<()> {
+    let (client, _) = resume(profile_name).await?;
+    let (state, name) = match state {
+        PresenceArg::Online => (quince::protocol::PresenceState::Online, "online"),
+        PresenceArg::Away => (quince::protocol::PresenceState::Away, "away"),
+    };
+    client.set_presence(state).await?;
+    eprintln!("showing as {name} to your contacts; Ctrl-D or Ctrl-C to stop");
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    tokio::select! {
+        _ = async { while let Ok(Some(_)) = lines.next_line().await {} } => {}
+        _ = tokio::signal::ctrl_c() => {}
+        reason = client.closed() => bail!("disconnected: {reason}"),
+    }
+    Ok(())
+}
+
+/// "away", "online", "offline, last seen 14:02:11" (UTC; with the date when
+/// over a day ago), or "offline" when the server has not seen them since it started.
+fn presence_state(info: &quince::protocol::PresenceInfo) -> String {
+    use quince::protocol::PresenceState;
+    match (info.state, info.last_seen) {
+        (PresenceState::Online, _) => "online".into(),
+        (PresenceState::Away, _) => "away".into(),
+        (PresenceState::Offline, None) => "offline".into(),
+        (PresenceState::Offline, Some(ms)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let when = if now.saturating_sub(ms) < 86_400_000 {
+                clock(ms)
+            } else {
+                quince::backup::format_utc(ms)
+            };
+            format!("offline, last seen {when}")
+        }
+    }
+}
+
+/// Who a chat shows presence for: the peer, or the group's other members.
+async fn chat_peers(
+    client: &Client,
+    to: &str,
+    conv: Option<u64>,
+    group: bool,
+    me: &str,
+) -> Vec<String> {
+    let peers = match (group, conv) {
+        (false, _) => vec![to.to_string()],
+        (true, Some(c)) => match client.group_members(c).await {
+            Ok(m) => m
+                .members
+                .into_iter()
+                .map(|m| m.user)
+                .filter(|u| u != me)
+                .collect(),
+            Err(_) => Vec::new(),
+        },
+        (true, None) => Vec::new(),
+    };
+    // Where they are now; a server with presence switched off says nothing.
+    if let Ok(list) = client.presence().await {
+        for info in list.users.iter().filter(|i| peers.contains(&i.user)) {
+            eprintln!("({} is {})", info.user, presence_state(info));
+        }
+    }
+    peers
+}
+
+/// `/away` and `/online` typed in a chat set this device's presence.
+async fn chat_presence_command(client: &Client, line: &str) -> bool {
+    let state = match line.trim() {
+        "/away" => quince::protocol::PresenceState::Away,
+        "/online" => quince::protocol::PresenceState::Online,
+        _ => return false,
+    };
+    match client.set_presence(state).await {
+        Ok(()) => eprintln!("(you show as {})", line.trim().trim_start_matches('/')),
+        Err(e) => eprintln!("(cannot set presence: {e})"),
+    }
+    true
+}
+
+/// What a chat shows of a presence or typing event, if it concerns the chat.
+fn chat_event_line(
+    event: &quince::protocol::Event,
+    conv: Option<u64>,
+    peers: &[String],
+) -> Option<String> {
+    use quince::protocol::Event;
+    match event {
+        Event::Presence(info) if peers.contains(&info.user) => {
+            Some(format!("({} is {})", info.user, presence_state(info)))
+        }
+        Event::Typing(t) if Some(t.conv) == conv => Some(if t.active {
+            format!("({} is typing…)", t.user)
+        } else {
+            format!("({} stopped typing)", t.user)
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -775,6 +775,32 @@ impl Client {
     }
 }
 
+/// Presence and typing (docs/PROTOCOL.md §7.6). Their events (`presence`,
+/// `typing`) come through [`Client::events`] once subscribed.
+impl Client {
+    /// Says whether this device is in use (`online`) or idle (`away`). Every
+    /// device starts `online` when it logs in; `offline` is refused.
+    pub async fn set_presence(&self, state: protocol::PresenceState) -> Result<(), ClientError> {
+        self.call::<Done>(Request::SetPresence { state })
+            .await
+            .map(|_| ())
+    }
+
+    /// The presence of everyone this user shares a conversation with.
+    pub async fn presence(&self) -> Result<protocol::PresenceList, ClientError> {
+        self.call(Request::Presence {}).await
+    }
+
+    /// Tells the other members of `conv` that this user is typing (`active`)
+    /// or stopped. Call it again every ~3 s while typing: receivers treat a
+    /// notice as stopped after ~6 s without a refresh.
+    pub async fn typing(&self, conv: u64, active: bool) -> Result<(), ClientError> {
+        self.call::<Done>(Request::Typing { conv, active })
+            .await
+            .map(|_| ())
+    }
+}
+
 /// A message to send: text, and optionally a reply, an attachment and
 /// application data.
 #[derive(Debug, Clone, Default)]

@@ -254,6 +254,9 @@ impl Connection {
             let reply = self.logout(id, &auth).await;
             return self.send_reply(id, reply).await;
         }
+        if let Some(reply) = ephemeral(&self.state, &auth, id, &request) {
+            return self.send_reply(id, reply).await;
+        }
         let Ok(permit) = self.inflight.clone().acquire_owned().await else {
             return;
         };
@@ -426,6 +429,10 @@ impl Connection {
             .hub
             .register(user, device, self.conn.clone(), first);
         tokio::spawn(forward_events(self.conn.clone(), events));
+        let (store, hub) = (&self.state.store, &self.state.hub);
+        self.state
+            .presence
+            .connect(store, hub, user, &username, conn_id);
         tracing::debug!(remote = %self.remote, user = username, device, "logged in");
         let session = Session {
             user: username.clone(),
@@ -464,6 +471,9 @@ impl Connection {
     fn go_offline(&mut self) {
         if let Some(auth) = self.auth.take() {
             self.state.hub.unregister(auth.user, auth.conn_id);
+            let (user, name, conn) = (auth.user, &auth.username, auth.conn_id);
+            crate::presence::disconnected(&self.state, user, name, conn);
+            self.state.typing.forget(conn);
         }
     }
 }
@@ -790,6 +800,7 @@ async fn after_write(
     request: &Request,
     outcome: WriteOutcome,
 ) -> Reply {
+    memberships_changed(state, request, &outcome);
     match outcome {
         WriteOutcome::Message {
             ack,
@@ -835,6 +846,84 @@ async fn after_write(
         }
         _ => ok(id, &Done {}),
     }
+}
+
+/// `set_presence`, `presence` and `typing` (docs/PROTOCOL.md §7.6): answered
+/// on the connection's task, in request order, so a client's "away" then
+/// "online", or "typing" then "stopped", can never pass each other. `None`
+/// for every other request.
+fn ephemeral(state: &State, auth: &Auth, id: u64, request: &Request) -> Option<Reply> {
+    let (store, hub) = (&state.store, &state.hub);
+    let disabled = |what: &str| {
+        refuse(
+            ErrorCode::Disabled,
+            format!("{what} is switched off on this server"),
+        )
+    };
+    let reply = match request {
+        Request::SetPresence { .. } | Request::Presence {} if !state.presence.enabled() => {
+            disabled("presence")
+        }
+        Request::SetPresence {
+            state: crate::protocol::PresenceState::Offline,
+        } => refuse(
+            ErrorCode::BadRequest,
+            "a connected device is `online` or `away`; disconnect to go offline",
+        ),
+        Request::SetPresence { state: to } => {
+            let (user, name, conn) = (auth.user, &auth.username, auth.conn_id);
+            state.presence.set(store, hub, user, name, conn, *to);
+            ok(id, &Done {})
+        }
+        Request::Presence {} => match state.presence.list(store, auth.user) {
+            Ok(list) => ok(id, &list),
+            Err(e) => Err(e.into()),
+        },
+        Request::Typing { .. } if !state.typing.enabled() => disabled("typing"),
+        Request::Typing { conv, active } => {
+            let (user, name, conn) = (auth.user, &auth.username, auth.conn_id);
+            match state
+                .typing
+                .notify(store, hub, user, name, conn, *conv, *active)
+            {
+                Ok(_) => ok(id, &Done {}),
+                Err(e) => Err(e.into()),
+            }
+        }
+        _ => return None,
+    };
+    Some(reply)
+}
+
+/// Presence and typing keep member lists in memory: a committed change of
+/// membership (a group made, joined, left or shrunk, a direct conversation
+/// started by its first message) invalidates the lists of everyone involved.
+fn memberships_changed(state: &State, request: &Request, outcome: &WriteOutcome) {
+    let (users, conv): (&[u64], u64) = match (request, outcome) {
+        (
+            Request::GroupCreate { .. },
+            WriteOutcome::Group {
+                recipients, conv, ..
+            },
+        ) => (recipients, *conv),
+        (
+            Request::GroupAdd { conv, .. }
+            | Request::GroupRemove { conv, .. }
+            | Request::GroupLeave { conv },
+            WriteOutcome::Message { recipients, .. },
+        ) => (recipients, *conv),
+        (
+            Request::Send { .. },
+            WriteOutcome::Message {
+                message: Some(m),
+                recipients,
+                ..
+            },
+        ) if m.seq == 1 => (recipients, m.conv),
+        _ => return,
+    };
+    state.presence.memberships_changed(users);
+    state.typing.members_changed(conv);
 }
 
 /// `admin_backup`: takes a snapshot, answers with its size and checksum, and

@@ -4,6 +4,7 @@
 //! - [`store`]: the redb database with group commit.
 //! - [`server`] and [`connection`]: the daemon.
 //! - [`hub`]: online devices and event fan-out.
+//! - [`presence`] and [`typing`]: ephemeral presence and typing indicators.
 //! - [`stream`]: reading and writing frames on QUIC streams, batched.
 //! - [`client`]: the async client library apps embed.
 //! - [`backup`]: backup files, restore, and scheduled backups.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod power;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod status;
@@ -22,5 +24,6 @@ pub mod store;
 pub mod stream;
 pub mod system;
 pub mod tls;
+pub mod typing;
 pub mod udp;
 pub mod watchdog;

@@ -68,6 +68,10 @@ pub struct State {
     power: std::sync::Mutex<(PowerState, Option<tokio::time::Instant>)>,
     /// One backup at a time, and the schedule's last outcome.
     pub backups: crate::backup::Backups,
+    /// Who is online, away or offline (in memory only).
+    pub presence: crate::presence::Presence,
+    /// Typing indicators passed on (nothing stored).
+    pub typing: crate::typing::Typing,
 }
 
 impl State {
@@ -258,6 +262,7 @@ impl Server {
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (presence, typing) = (config.presence, config.typing);
         let state = Arc::new(State {
             store,
             hub: Hub::default(),
@@ -268,6 +273,8 @@ impl Server {
             shutdown: shutdown_rx,
             power: Default::default(),
             backups: Default::default(),
+            presence: crate::presence::Presence::new(presence),
+            typing: crate::typing::Typing::new(typing),
         });
         Ok(Server {
             endpoint,

@@ -1031,6 +1031,66 @@ fn readable(
     Ok((rec, m))
 }
 
+/// Reads for presence and typing (`crate::presence`, `crate::typing`), which
+/// keep what they read in memory and so ask rarely.
+impl Store {
+    /// Ids of everyone who shares an active membership of a conversation
+    /// with `user` (not `user`), ascending. One read transaction: the user's
+    /// conversations, then each one's members; no user records are read.
+    pub fn contacts(&self, user: u64) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let user_convs = txn.open_table(USER_CONVS)?;
+        let members = txn.open_table(MEMBERS)?;
+        let mut ids = std::collections::BTreeSet::new();
+        for entry in user_convs.range(k16(user, 0)..=k16(user, u64::MAX))? {
+            let (key, _) = entry?;
+            let (_, conv) = split16(key.value());
+            let active = match members.get(k16(conv, user))? {
+                Some(m) => dec::<Membership>("members", m.value())?.active(),
+                None => false,
+            };
+            if !active {
+                continue;
+            }
+            for entry in members.range(k16(conv, 0)..=k16(conv, u64::MAX))? {
+                let (k, v) = entry?;
+                let (_, uid) = split16(k.value());
+                if uid != user && dec::<Membership>("members", v.value())?.active() {
+                    ids.insert(uid);
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// The names of these users (those that exist), in one read transaction.
+    pub fn user_names(&self, ids: &[u64]) -> Result<Vec<(u64, String)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let users = txn.open_table(USERS)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(u) = read_user(&users, *id)? {
+                out.push((*id, u.name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// User ids of the active members of a conversation (empty if there is none).
+    pub fn active_member_ids(&self, conv: u64) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let members = txn.open_table(MEMBERS)?;
+        let mut out = Vec::new();
+        for entry in members.range(k16(conv, 0)..=k16(conv, u64::MAX))? {
+            let (k, v) = entry?;
+            if dec::<Membership>("members", v.value())?.active() {
+                out.push(split16(k.value()).1);
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Job>, busy: &WriterBusy) {
     use std::sync::atomic::Ordering;
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);

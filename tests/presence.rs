@@ -1,0 +1,467 @@
+//! Presence and typing indicators, over real QUIC against the real server:
+//! aggregate state over a user's devices, who hears about it (contacts only),
+//! typing to the other members only, nothing stored, the config switches,
+//! and the command line.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use quince::client::{Client, ClientError};
+use quince::protocol::{ErrorCode, Event, PresenceInfo, PresenceState, Target, TypingNotice};
+use tokio::sync::broadcast;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The error code of a request that must have been refused.
+fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    let err = result.expect_err("the server should refuse this");
+    err.code()
+        .unwrap_or_else(|| panic!("expected a server error, got {err}"))
+}
+
+/// The next presence or typing event (other events are skipped).
+async fn next_event(events: &mut broadcast::Receiver<Event>) -> Event {
+    loop {
+        let event = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("event channel open");
+        if matches!(event, Event::Presence(_) | Event::Typing(_)) {
+            return event;
+        }
+    }
+}
+
+async fn next_presence(events: &mut broadcast::Receiver<Event>) -> PresenceInfo {
+    match next_event(events).await {
+        Event::Presence(p) => p,
+        other => panic!("expected a presence event, got {other:?}"),
+    }
+}
+
+async fn next_typing(events: &mut broadcast::Receiver<Event>) -> TypingNotice {
+    match next_event(events).await {
+        Event::Typing(t) => t,
+        other => panic!("expected a typing event, got {other:?}"),
+    }
+}
+
+/// Asserts that no presence or typing event is queued now.
+fn none_queued(events: &mut broadcast::Receiver<Event>, who: &str) {
+    while let Ok(event) = events.try_recv() {
+        if matches!(event, Event::Presence(_) | Event::Typing(_)) {
+            panic!("{who} got an unexpected event: {event:?}");
+        }
+    }
+}
+
+/// A second connection of an existing user.
+async fn device(server: &TestServer, name: &str, device: &str) -> Client {
+    let c = server.connect().await;
+    c.login(name, &password(name), device).await.expect("login");
+    c
+}
+
+fn state(p: &PresenceInfo) -> (&str, PresenceState) {
+    (p.user.as_str(), p.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follows_every_device_of_a_contact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let carol = server.user(&admin, "carol").await;
+    alice
+        .send(Target::User("bob".into()), "hi bob", None)
+        .await
+        .unwrap();
+    let mut seen = alice.events();
+    let _inbox = alice.subscribe().await.unwrap();
+    let mut stranger = carol.events();
+    let _carol_inbox = carol.subscribe().await.unwrap();
+
+    // Bob's only device leaves: offline, with when.
+    bob.close().await;
+    let p = next_presence(&mut seen).await;
+    assert_eq!(state(&p), ("bob", PresenceState::Offline));
+    let left = p.last_seen.expect("last_seen once bob has left");
+
+    // Bob logs in: online.
+    let laptop = device(&server, "bob", "laptop").await;
+    let p = next_presence(&mut seen).await;
+    assert_eq!(state(&p), ("bob", PresenceState::Online));
+    assert_eq!(p.last_seen, None);
+
+    // A second device changes nothing; one of two going away changes nothing
+    // either (the next event alice hears is the one after both are away).
+    let phone = device(&server, "bob", "phone").await;
+    laptop.set_presence(PresenceState::Away).await.unwrap();
+    let listed = alice.presence().await.unwrap().users;
+    assert_eq!(listed.len(), 1, "only bob is alice's contact: {listed:?}");
+    assert_eq!(state(&listed[0]), ("bob", PresenceState::Online));
+    phone.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut seen).await),
+        ("bob", PresenceState::Away)
+    );
+    assert_eq!(
+        state(&alice.presence().await.unwrap().users[0]),
+        ("bob", PresenceState::Away)
+    );
+    phone.set_presence(PresenceState::Online).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut seen).await),
+        ("bob", PresenceState::Online)
+    );
+    // `offline` is what disconnecting is; a device cannot claim it.
+    assert_eq!(
+        refused(phone.set_presence(PresenceState::Offline).await),
+        ErrorCode::BadRequest
+    );
+
+    // The online device leaves: the away one remains, so bob is away; then
+    // the last one leaves and bob is offline again, seen later than before.
+    phone.close().await;
+    assert_eq!(
+        state(&next_presence(&mut seen).await),
+        ("bob", PresenceState::Away)
+    );
+    laptop.close().await;
+    let p = next_presence(&mut seen).await;
+    assert_eq!(state(&p), ("bob", PresenceState::Offline));
+    assert!(p.last_seen.expect("last_seen") >= left);
+    let listed = alice.presence().await.unwrap().users;
+    assert_eq!(listed, [p]);
+
+    // Carol shares no conversation with bob or alice: no events, empty list.
+    assert!(carol.presence().await.unwrap().users.is_empty());
+    none_queued(&mut stranger, "carol");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_reconnect_is_not_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    alice
+        .send(Target::User("bob".into()), "hi bob", None)
+        .await
+        .unwrap();
+    let mut seen = alice.events();
+    let _inbox = alice.subscribe().await.unwrap();
+
+    // Bob's app restarts: its connection goes and a new one comes at once.
+    let left = std::time::Instant::now();
+    bob.close().await;
+    let again = device(&server, "bob", "phone").await;
+    let quick = left.elapsed() < quince::presence::OFFLINE_GRACE / 2;
+    again.set_presence(PresenceState::Away).await.unwrap();
+    let mut p = next_presence(&mut seen).await;
+    if !quick && p.state == PresenceState::Offline {
+        // Too slow a machine to have beaten the grace time: then alice heard
+        // offline and online first, and nothing else.
+        p = next_presence(&mut seen).await;
+        assert_eq!(state(&p), ("bob", PresenceState::Online));
+        p = next_presence(&mut seen).await;
+    }
+    // Otherwise the first thing alice heard is bob going away.
+    assert_eq!(state(&p), ("bob", PresenceState::Away));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_follow_group_membership() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let carol = server.user(&admin, "carol").await;
+    let mut seen = alice.events();
+    let _inbox = alice.subscribe().await.unwrap();
+    // No shared conversation yet: nobody is listed.
+    assert!(alice.presence().await.unwrap().users.is_empty());
+
+    // A group makes bob and carol alice's contacts.
+    let conv = alice.group_create("trio", &["bob", "carol"]).await.unwrap();
+    bob.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut seen).await),
+        ("bob", PresenceState::Away)
+    );
+    let names: Vec<String> = alice
+        .presence()
+        .await
+        .unwrap()
+        .users
+        .into_iter()
+        .map(|p| p.user)
+        .collect();
+    assert_eq!(names, ["bob", "carol"]);
+
+    // Removed from the group, bob is no longer a contact: his change is not
+    // heard (carol's, made after it, is the next event), and he is not listed.
+    alice.group_remove(conv, "bob").await.unwrap();
+    bob.set_presence(PresenceState::Online).await.unwrap();
+    carol.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut seen).await),
+        ("carol", PresenceState::Away)
+    );
+    let listed = alice.presence().await.unwrap().users;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(state(&listed[0]), ("carol", PresenceState::Away));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_other_members_only_and_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let carol = server.user(&admin, "carol").await;
+    let bob_phone = device(&server, "bob", "phone").await;
+    let conv = alice
+        .send(Target::User("bob".into()), "hi bob", None)
+        .await
+        .unwrap()
+        .conv;
+    let mut at_alice = alice.events();
+    let _a = alice.subscribe().await.unwrap();
+    let mut at_phone = bob_phone.events();
+    let _p = bob_phone.subscribe().await.unwrap();
+    let mut at_carol = carol.events();
+    let _c = carol.subscribe().await.unwrap();
+    let before = alice.history(conv, None, None, 50).await.unwrap();
+
+    // Bob types: alice hears it. A repeat within a second is answered but not
+    // passed on: the next thing alice hears is bob stopping. (On a machine
+    // so loaded that the repeat came over a second later, it is passed on.)
+    let started = std::time::Instant::now();
+    bob.typing(conv, true).await.unwrap();
+    bob.typing(conv, true).await.unwrap();
+    let repeat_in_window = started.elapsed() < Duration::from_millis(900);
+    bob.typing(conv, false).await.unwrap();
+    let t = next_typing(&mut at_alice).await;
+    assert_eq!((t.conv, t.user.as_str(), t.active), (conv, "bob", true));
+    let mut t = next_typing(&mut at_alice).await;
+    if !repeat_in_window && t.active {
+        t = next_typing(&mut at_alice).await;
+    }
+    assert_eq!((t.conv, t.user.as_str(), t.active), (conv, "bob", false));
+
+    // Bob's other device heard none of that: the first typing it gets is alice's.
+    alice.typing(conv, true).await.unwrap();
+    let t = next_typing(&mut at_phone).await;
+    assert_eq!((t.conv, t.user.as_str(), t.active), (conv, "alice", true));
+
+    // Not a member: refused, checked by the server.
+    assert_eq!(
+        refused(carol.typing(conv, true).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(carol.typing(999_999, true).await),
+        ErrorCode::Forbidden
+    );
+
+    // Conversations that do not exist yet are refused too, and that answer is
+    // not remembered: once a group gets one of those ids, its members may type.
+    for unborn in conv + 1..conv + 4 {
+        assert_eq!(
+            refused(carol.typing(unborn, true).await),
+            ErrorCode::Forbidden
+        );
+    }
+
+    // A member who left a group may no longer type in it.
+    let group = alice.group_create("g", &["bob", "carol"]).await.unwrap();
+    assert!((conv + 1..conv + 4).contains(&group));
+    carol.typing(group, true).await.unwrap();
+    let t = next_typing(&mut at_alice).await;
+    assert_eq!((t.conv, t.user.as_str()), (group, "carol"));
+    carol.group_leave(group).await.unwrap();
+    assert_eq!(
+        refused(carol.typing(group, false).await),
+        ErrorCode::Forbidden
+    );
+
+    // Nothing was stored: the direct conversation's history is unchanged.
+    let after = alice.history(conv, None, None, 50).await.unwrap();
+    assert_eq!(after.messages, before.messages);
+    let listed = alice.conversations().await.unwrap().conversations;
+    let direct = listed.iter().find(|c| c.conv == conv).unwrap();
+    assert_eq!(direct.last_seq, 1);
+
+    // Carol, no contact of bob's, heard no presence or typing about bob:
+    // her first event is alice typing in a conversation they now share.
+    let with_carol = alice
+        .send(Target::User("carol".into()), "hi carol", None)
+        .await
+        .unwrap()
+        .conv;
+    alice.typing(with_carol, true).await.unwrap();
+    loop {
+        match next_event(&mut at_carol).await {
+            Event::Typing(t) if t.conv == with_carol => {
+                assert_eq!(t.user, "alice");
+                break;
+            }
+            Event::Typing(t) if t.conv == group => {} // her own group, before she left
+            other => panic!("carol heard something not meant for her: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switched_off_presence_and_typing_are_refused_and_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_configured(dir.path(), "presence = false\ntyping = false\n");
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let conv = alice
+        .send(Target::User("bob".into()), "hi", None)
+        .await
+        .unwrap()
+        .conv;
+    let mut seen = alice.events();
+    let mut inbox = alice.subscribe().await.unwrap();
+
+    assert_eq!(
+        refused(bob.set_presence(PresenceState::Away).await),
+        ErrorCode::Disabled
+    );
+    assert_eq!(refused(alice.presence().await), ErrorCode::Disabled);
+    assert_eq!(refused(bob.typing(conv, true).await), ErrorCode::Disabled);
+    // Devices come and go without a word to alice: the message bob sends
+    // afterwards arrives with no presence event before it.
+    let phone = device(&server, "bob", "phone").await;
+    phone.close().await;
+    bob.send(Target::Conv(conv), "still here", None)
+        .await
+        .unwrap();
+    let m = next(&mut inbox).await;
+    assert_eq!(text(&m), "still here");
+    none_queued(&mut seen, "alice");
+}
+
+/// Runs the `quince` command line as `profile`, with its own home.
+fn quince(home: &Path, profile: &str, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_quince"))
+        .env("QUINCE_HOME", home)
+        .env("QUINCE_PASSWORD", password(profile))
+        .args(["--profile", profile])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run quince");
+    assert!(
+        out.status.success(),
+        "quince {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_presence_typing_and_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"));
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let _carol = server.user(&admin, "carol").await;
+    let conv = alice
+        .send(Target::User("bob".into()), "hi bob", None)
+        .await
+        .unwrap()
+        .conv;
+    let mut at_alice = alice.events();
+    let _inbox = alice.subscribe().await.unwrap();
+    bob.set_presence(PresenceState::Away).await.unwrap();
+
+    let home = dir.path().join("home");
+    let addr = server.addr.to_string();
+    for user in ["alice", "bob"] {
+        let login = [
+            "login",
+            "--server",
+            &addr,
+            "--fingerprint",
+            &server.fingerprint,
+            user,
+        ];
+        tokio::task::block_in_place(|| quince(&home, user, &login));
+    }
+
+    // `quince presence`: alice's one contact, bob, is away (carol is not listed).
+    tokio::task::block_in_place(|| {
+        let out = quince(&home, "alice", &["presence"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "bob  away\n");
+    });
+
+    // `quince typing alice` (and --stop), as bob.
+    tokio::task::block_in_place(|| quince(&home, "bob", &["typing", "alice"]));
+    let t = loop {
+        if let Event::Typing(t) = next_event(&mut at_alice).await {
+            break t;
+        }
+    };
+    assert_eq!((t.conv, t.user.as_str(), t.active), (conv, "bob", true));
+    tokio::task::block_in_place(|| quince(&home, "bob", &["typing", "alice", "--stop"]));
+    let t = loop {
+        if let Event::Typing(t) = next_event(&mut at_alice).await {
+            break t;
+        }
+    };
+    assert_eq!((t.conv, t.user.as_str(), t.active), (conv, "bob", false));
+
+    // `quince chat bob` shows where bob is, his typing and his changes, on stderr.
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_quince"))
+        .env("QUINCE_HOME", &home)
+        .args(["--profile", "alice", "chat", "bob"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run quince chat");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = chat.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |wanted: &str| {
+        tokio::task::block_in_place(|| {
+            loop {
+                match rx.recv_timeout(WAIT) {
+                    Ok(line) if line == wanted => return,
+                    Ok(_) => {}
+                    Err(e) => panic!("quince chat never printed {wanted:?} ({e})"),
+                }
+            }
+        })
+    };
+    wait_for("(bob is away)");
+    bob.typing(conv, true).await.unwrap();
+    wait_for("(bob is typing…)");
+    bob.set_presence(PresenceState::Online).await.unwrap();
+    wait_for("(bob is online)");
+    drop(chat.stdin.take());
+    let status = tokio::task::block_in_place(|| chat.wait()).unwrap();
+    assert!(status.success());
+}
