@@ -5,17 +5,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use quince::client::{Client, ClientError, Trust};
+use quince::client::{Client, Trust};
 use quince::protocol::{Body, ConvKind, ErrorCode, GroupRole, Message, Role, Target};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-
-/// The error code of a request that must have been refused.
-fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    let err = result.expect_err("the server should refuse this");
-    err.code()
-        .unwrap_or_else(|| panic!("expected a server error, got {err}"))
-}
 
 /// Client endpoints (UDP sockets) the many members of a big group share, as
 /// a load generator would: a test process has too few file descriptors and

@@ -7,18 +7,11 @@ use std::time::Duration;
 
 use common::cli::CliUser;
 use common::*;
-use quince::client::{Client, ClientError, Draft, new_mid};
+use quince::client::{Client, Draft, new_mid};
 use quince::protocol::{
     Body, ConvDeleted, ErrorCode, Event, Marker, Message, Reactions, Role, Target,
 };
 use tokio::sync::broadcast;
-
-/// The error code of a request that must have been refused.
-fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    let err = result.expect_err("the server should refuse this");
-    err.code()
-        .unwrap_or_else(|| panic!("expected a server error, got {err}"))
-}
 
 /// A second device of a user: logs in with the password.
 async fn second_device(server: &TestServer, name: &str) -> Client {

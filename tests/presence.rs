@@ -10,18 +10,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
-use quince::client::{Client, ClientError};
+use quince::client::Client;
 use quince::protocol::{ErrorCode, Event, PresenceInfo, PresenceState, Target, TypingNotice};
 use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The error code of a request that must have been refused.
-fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    let err = result.expect_err("the server should refuse this");
-    err.code()
-        .unwrap_or_else(|| panic!("expected a server error, got {err}"))
-}
 
 /// The next presence or typing event (other events are skipped).
 async fn next_event(events: &mut broadcast::Receiver<Event>) -> Event {

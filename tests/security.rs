@@ -16,13 +16,6 @@ use quince::protocol::{
 use serde_bytes::ByteBuf;
 use tokio::task::JoinSet;
 
-/// The error code of a request that must have been refused.
-fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    let err = result.expect_err("the server should refuse this");
-    err.code()
-        .unwrap_or_else(|| panic!("expected a server error, got {err}"))
-}
-
 /// Registers a member and returns the client with its session (and token).
 async fn register(server: &TestServer, admin: &Client, name: &str) -> (Client, Session) {
     let invite = admin.admin_invite(Role::Member, None).await.unwrap();

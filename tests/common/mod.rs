@@ -168,6 +168,15 @@ fn unsafe_kill(pid: u32, signal: &str) {
         .status();
 }
 
+/// The error code of a request that must have been refused.
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, quince::client::ClientError>,
+) -> quince::protocol::ErrorCode {
+    let err = result.expect_err("the server should refuse this");
+    err.code()
+        .unwrap_or_else(|| panic!("expected a server error, got {err}"))
+}
+
 /// The password tests use for a user.
 pub fn password(name: &str) -> String {
     format!("{name}-password")
