@@ -68,6 +68,8 @@ pub struct State {
     power: std::sync::Mutex<(PowerState, Option<tokio::time::Instant>)>,
     /// One backup at a time, and the schedule's last outcome.
     pub backups: crate::backup::Backups,
+    /// Attachment files: uploads, the blob store, its garbage collection.
+    pub attachments: crate::attachment::Attachments,
 }
 
 impl State {
@@ -257,6 +259,17 @@ impl Server {
             }
         });
 
+        let attachments =
+            crate::attachment::Attachments::open(&config.data_dir).map_err(|source| {
+                ServerError::DataDir {
+                    path: config
+                        .data_dir
+                        .join(crate::attachment::DIR)
+                        .display()
+                        .to_string(),
+                    source,
+                }
+            })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(State {
             store,
@@ -268,6 +281,7 @@ impl Server {
             shutdown: shutdown_rx,
             power: Default::default(),
             backups: Default::default(),
+            attachments,
         });
         Ok(Server {
             endpoint,
@@ -299,6 +313,7 @@ impl Server {
         let mut connections = JoinSet::new();
         let trimmer = tokio::spawn(return_free_memory());
         let backups = tokio::spawn(crate::backup::schedule(state.clone()));
+        let collector = tokio::spawn(crate::attachment::collect_garbage(state.clone()));
         let watchdog = watchdog.map(Arc::new);
         let petter = watchdog
             .clone()
@@ -341,6 +356,7 @@ impl Server {
         endpoint.set_server_config(None);
         trimmer.abort();
         backups.abort();
+        collector.abort();
         let _ = shutdown.send(true);
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while connections.join_next().await.is_some() {}
@@ -384,8 +400,8 @@ fn transport() -> quinn::TransportConfig {
     t.max_idle_timeout(Some(quinn::VarInt::from_u32(60_000).into()));
     // The control stream, plus room for later features' streams.
     t.max_concurrent_bidi_streams(8u32.into());
-    // Clients never open unidirectional streams.
-    t.max_concurrent_uni_streams(0u32.into());
+    // Clients open unidirectional streams only to upload attachments.
+    t.max_concurrent_uni_streams(4u32.into());
     t.stream_receive_window(quinn::VarInt::from_u32(512 * 1024));
     t.receive_window(quinn::VarInt::from_u32(1024 * 1024));
     t.send_window(1024 * 1024);

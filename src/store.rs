@@ -29,6 +29,8 @@
 //! | `messages` | conversation id ‖ sequence number | [`Message`] |
 //! | `message_ids` | sender user id ‖ client message id (24 bytes) | conversation id ‖ sequence number |
 //! | `cursors` | device id ‖ conversation id | acknowledged sequence number (u64) |
+//!
+//! The attachment tables (`uploads`, `blobs`, …) are described in `store/attachments.rs`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,9 @@ use tokio::sync::{mpsc, oneshot};
 
 mod snapshot;
 pub use snapshot::{SnapshotInfo, check_file};
+
+mod attachments;
+pub use attachments::{BlobRecord, UploadRecord, human_size, parse_sha256};
 
 use crate::protocol::{
     AttachmentRef, Body, ConvKind, ConvSummary, ErrorCode, GroupRole, MAX_PAGE, MID_LEN, Member,
@@ -288,6 +293,24 @@ pub enum WriteOp {
         username: String,
         password: String,
     },
+    /// Start or resume an upload (the size limit is checked before).
+    UploadBegin {
+        user: u64,
+        size: u64,
+        sha256: [u8; 32],
+        quota: u64,
+        now: u64,
+    },
+    /// The upload's file is verified and in the blob store: record it.
+    UploadDone {
+        user: u64,
+        upload: u64,
+        now: u64,
+    },
+    /// Forget an upload whose partial file was deleted.
+    UploadAbort {
+        upload: u64,
+    },
 }
 
 /// What a committed write produced.
@@ -319,6 +342,10 @@ pub enum WriteOutcome {
     Account {
         user: u64,
         devices: Vec<u64>,
+    },
+    /// The upload `upload_begin` started or resumed.
+    Upload {
+        upload: u64,
     },
 }
 
@@ -419,6 +446,7 @@ impl Store {
             txn.open_table(MESSAGES)?;
             txn.open_table(MESSAGE_IDS)?;
             txn.open_table(CURSORS)?;
+            attachments::create_tables(&txn)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
@@ -878,6 +906,7 @@ struct Writer<'t, 'c> {
     messages: Table<'t, [u8; 16], &'static [u8]>,
     message_ids: Table<'t, [u8; 24], [u8; 16]>,
     cursors: Table<'t, [u8; 16], u64>,
+    att: attachments::Tables<'t>,
 }
 
 impl<'t, 'c> Writer<'t, 'c> {
@@ -898,6 +927,7 @@ impl<'t, 'c> Writer<'t, 'c> {
             messages: txn.open_table(MESSAGES)?,
             message_ids: txn.open_table(MESSAGE_IDS)?,
             cursors: txn.open_table(CURSORS)?,
+            att: attachments::Tables::open(txn)?,
         })
     }
 
@@ -1407,6 +1437,15 @@ impl<'t, 'c> Writer<'t, 'c> {
                 }
                 Ok(WriteOutcome::Account { user: id, devices })
             }
+            WriteOp::UploadBegin {
+                user,
+                size,
+                sha256,
+                quota,
+                now,
+            } => self.upload_begin(*user, *size, sha256, *quota, *now),
+            WriteOp::UploadDone { user, upload, now } => self.upload_done(*user, *upload, *now),
+            WriteOp::UploadAbort { upload } => self.upload_abort(*upload),
         }
     }
 
@@ -1421,14 +1460,16 @@ impl<'t, 'c> Writer<'t, 'c> {
         out: OutgoingText<'_>,
         now: u64,
     ) -> Result<WriteOutcome, StoreError> {
-        if out.attachment.is_some() {
-            return reject(ErrorCode::BadRequest, "attachments are not supported yet");
-        }
+        let attachment = match out.attachment {
+            Some(r) => Some(self.attachment_for(user, r)?),
+            None => None,
+        };
+        let attached = attachment.as_ref().map(|a| a.id.clone());
         let body = Body::Text {
             text: out.text.to_string(),
             ext: out.ext.clone(),
             reply_to: out.reply_to,
-            attachment: None,
+            attachment,
             edited: None,
             reactions: Vec::new(),
         };
@@ -1520,6 +1561,9 @@ impl<'t, 'c> Writer<'t, 'c> {
         let message = self.append(conv, &mut rec, mid, username, device, now, body)?;
         self.message_ids
             .insert(mid_key(user, &mid), k16(conv, message.seq))?;
+        if let Some(id) = &attached {
+            self.add_attachment_ref(id, conv, message.seq)?;
+        }
         Ok(WriteOutcome::Message {
             ack: ack_of(&message, false),
             message: Some(message),
