@@ -446,7 +446,11 @@ pub async fn collect(state: &State) -> Result<(usize, usize), StoreError> {
                 continue;
             };
             if !known.contains_key(&id) {
-                let _ = std::fs::remove_file(entry.path());
+                // Begun since the list was read? A stream writes only to an
+                // upload that is recorded, so a second look settles it.
+                if state.store.upload(id)?.is_none() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
                 continue;
             }
             let touched = entry.metadata().and_then(|m| m.modified()).unwrap_or(now);

@@ -458,4 +458,44 @@ mod tests {
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(3 * 1024 * 1024 / 2), "1.5 MiB");
     }
+
+    #[test]
+    fn releasing_the_last_reference_forgets_the_file_and_its_quota_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let sha = [5u8; 32];
+        let id = hex::encode(sha);
+        let mut cache = super::super::MembersCache::default();
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut w = Writer::open(&txn, &mut cache).unwrap();
+            let WriteOutcome::Upload { upload } = w.upload_begin(1, 10, &sha, 100, 0).unwrap()
+            else {
+                panic!("no upload");
+            };
+            // Resuming finds the same upload; another size is refused.
+            assert!(matches!(
+                w.upload_begin(1, 10, &sha, 100, 0).unwrap(),
+                WriteOutcome::Upload { upload: u } if u == upload
+            ));
+            assert!(w.upload_begin(1, 11, &sha, 100, 0).is_err());
+            // Over the quota, counting the upload in progress.
+            assert!(matches!(
+                w.upload_begin(1, 95, &[6; 32], 100, 0),
+                Err(StoreError::Rejected(ErrorCode::QuotaExceeded, _))
+            ));
+            w.upload_done(1, upload, 0).unwrap();
+            w.add_attachment_ref(&id, 7, 1).unwrap();
+            w.add_attachment_ref(&id, 7, 2).unwrap();
+            w.release_attachment(&id, 7, 1).unwrap();
+            assert!(w.att.blobs.get(sha).unwrap().is_some());
+            w.release_attachment(&id, 7, 2).unwrap();
+            w.release_attachment(&id, 7, 2).unwrap();
+            w.release_attachment("not an id", 7, 2).unwrap();
+        }
+        txn.commit().unwrap();
+        assert_eq!(store.blob_size(&sha).unwrap(), None);
+        assert_eq!(store.attachment_usage(1).unwrap(), 0);
+        assert_eq!(store.downloadable(1, &sha).unwrap(), None);
+    }
 }
