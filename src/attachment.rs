@@ -165,32 +165,7 @@ impl Attachments {
         sha256: &str,
         size: u64,
     ) -> Result<bool, AttachmentError> {
-        let partial = self.partial_path(upload);
-        let received = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        if received != size {
-            return Err(AttachmentError::Incomplete { received, size });
-        }
-        let mut file = std::fs::File::open(&partial).map_err(io_err("reading the upload"))?;
-        let computed = hash_reader(&mut file).map_err(io_err("reading the upload"))?;
-        if computed != sha256 {
-            self.remove_partial(upload);
-            return Err(AttachmentError::Checksum {
-                expected: sha256.to_string(),
-                computed,
-            });
-        }
-        file.sync_all().map_err(io_err("syncing the upload"))?;
-        let dest = self.blob_path(sha256);
-        let fan = dest.parent().unwrap_or(&self.root).to_path_buf();
-        std::fs::create_dir_all(&fan).map_err(io_err("creating the blob directory"))?;
-        if dest.exists() {
-            self.remove_partial(upload);
-            return Ok(false);
-        }
-        std::fs::rename(&partial, &dest).map_err(io_err("storing the upload"))?;
-        sync_dir(&fan).map_err(io_err("syncing the blob directory"))?;
-        sync_dir(&self.root.join("blobs")).map_err(io_err("syncing the blob directory"))?;
-        Ok(true)
+        store_upload(&self.root, upload, sha256, size)
     }
 
     /// [`Attachments::store_upload`] on a blocking thread (hashing a large
@@ -201,14 +176,8 @@ impl Attachments {
         sha256: &str,
         size: u64,
     ) -> Result<bool, AttachmentError> {
-        let me = Attachments {
-            root: self.root.clone(),
-            collecting: Default::default(),
-            collect: Notify::new(),
-            slots: Mutex::default(),
-        };
-        let sha256 = sha256.to_string();
-        tokio::task::spawn_blocking(move || me.store_upload(upload, &sha256, size))
+        let (root, sha256) = (self.root.clone(), sha256.to_string());
+        tokio::task::spawn_blocking(move || store_upload(&root, upload, &sha256, size))
             .await
             .map_err(|e| AttachmentError::Io {
                 what: "storing the upload".into(),
@@ -352,6 +321,42 @@ async fn send_file(
     out.finish().map_err(|e| e.to_string())?;
     let _ = tokio::time::timeout(Duration::from_secs(60), out.stopped()).await;
     Ok(())
+}
+
+/// [`Attachments::store_upload`] for the attachment directory `root`.
+fn store_upload(
+    root: &Path,
+    upload: u64,
+    sha256: &str,
+    size: u64,
+) -> Result<bool, AttachmentError> {
+    let partial = root.join("partial").join(upload.to_string());
+    let received = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    if received != size {
+        return Err(AttachmentError::Incomplete { received, size });
+    }
+    let mut file = std::fs::File::open(&partial).map_err(io_err("reading the upload"))?;
+    let computed = hash_reader(&mut file).map_err(io_err("reading the upload"))?;
+    if computed != sha256 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(AttachmentError::Checksum {
+            expected: sha256.to_string(),
+            computed,
+        });
+    }
+    file.sync_all().map_err(io_err("syncing the upload"))?;
+    let blobs = root.join("blobs");
+    let fan = blobs.join(sha256.get(..2).unwrap_or("00"));
+    let dest = fan.join(sha256);
+    std::fs::create_dir_all(&fan).map_err(io_err("creating the blob directory"))?;
+    if dest.exists() {
+        let _ = std::fs::remove_file(&partial);
+        return Ok(false);
+    }
+    std::fs::rename(&partial, &dest).map_err(io_err("storing the upload"))?;
+    sync_dir(&fan).map_err(io_err("syncing the blob directory"))?;
+    sync_dir(&blobs).map_err(io_err("syncing the blob directory"))?;
+    Ok(true)
 }
 
 async fn open_append(path: &Path) -> io::Result<tokio::fs::File> {

@@ -946,12 +946,22 @@ async fn attachment_request(
             ok(id, &UploadSlot { upload, received })
         }
         Request::UploadFinish { upload } => {
+            let not_yours = || refuse(ErrorCode::NotFound, format!("no upload {upload} of yours"));
+            // Checked before a writer slot is made for it, so that asking
+            // about made-up ids costs the server nothing.
+            if store
+                .upload(upload)?
+                .is_none_or(|rec| rec.user != auth.user)
+            {
+                return not_yours();
+            }
             let slot = files.slot(upload);
             // No stream appends while the file is checked and moved.
             let _writing = slot.file.lock().await;
             let rec = match store.upload(upload)? {
                 Some(rec) if rec.user == auth.user => rec,
-                _ => return refuse(ErrorCode::NotFound, format!("no upload {upload} of yours")),
+                // Finished or deleted while this one waited.
+                _ => return not_yours(),
             };
             let received = files.received(upload);
             if received < rec.size {
