@@ -331,6 +331,10 @@ fn store_upload(
     size: u64,
 ) -> Result<bool, AttachmentError> {
     let partial = root.join("partial").join(upload.to_string());
+    if size == 0 && !partial.exists() {
+        // An empty file needs no stream, so nothing created its partial file.
+        std::fs::File::create(&partial).map_err(io_err("creating the upload"))?;
+    }
     let received = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
     if received != size {
         return Err(AttachmentError::Incomplete { received, size });
@@ -568,5 +572,9 @@ mod tests {
             Err(AttachmentError::Checksum { .. })
         ));
         assert!(!a.partial_path(4).exists());
+        // An empty file is a file too (it never had a stream).
+        let empty = hex::encode(Sha256::digest(b""));
+        assert!(a.store_upload(5, &empty, 0).unwrap());
+        assert_eq!(std::fs::read(a.blob_path(&empty)).unwrap(), b"");
     }
 }
