@@ -53,6 +53,19 @@ pub enum ClientCommand {
         #[arg(long)]
         group: bool,
     },
+    /// Send a file to a user (or a group with --group), with an optional text.
+    SendFile {
+        /// Recipient user name, or a conversation id with --group.
+        to: String,
+        path: PathBuf,
+        #[arg(long)]
+        group: bool,
+        /// A text to go with the file.
+        #[arg(long)]
+        text: Option<String>,
+    },
+    /// Download an attachment by its id (shown in `history`) to PATH.
+    Fetch { id: String, path: PathBuf },
     /// Chat interactively: type lines to send, see incoming messages as they arrive.
     Chat {
         to: String,
@@ -418,6 +431,13 @@ async fn run_command(profile_name: &str, command: ClientCommand) -> anyhow::Resu
             println!("deleted conversation {conv} from your view");
         }
         ClientCommand::Chat { to, group } => chat(profile_name, &to, group).await?,
+        ClientCommand::SendFile {
+            to,
+            path,
+            group,
+            text,
+        } => send_file(profile_name, &to, &path, group, text).await?,
+        ClientCommand::Fetch { id, path } => fetch(profile_name, &id, &path).await?,
         ClientCommand::Presence => show_presence(profile_name).await?,
         ClientCommand::Typing { to, group, stop } => {
             send_typing(profile_name, &to, group, !stop).await?
@@ -813,6 +833,7 @@ fn show(m: &Message, me: &str) -> String {
         Body::Text {
             text,
             reply_to,
+            attachment,
             edited,
             reactions,
             ..
@@ -821,7 +842,12 @@ fn show(m: &Message, me: &str) -> String {
             if let Some(quoted) = reply_to {
                 line.push_str(&format!("(reply to #{quoted}) "));
             }
+            if let Some(a) = attachment {
+                let size = quince::store::human_size(a.size);
+                line.push_str(&format!("[file {}, {size}, id {}] ", a.name, a.id));
+            }
             line.push_str(text);
+            line.truncate(line.trim_end().len());
             if edited.is_some() {
                 line.push_str(" (edited)");
             }
@@ -1092,6 +1118,149 @@ fn chat_event_line(
         }),
         _ => None,
     }
+}
+
+// --- Attachments --------------------------------------------------------------
+
+/// Files from this size on get a progress line on stderr.
+const PROGRESS_FROM: u64 = 1024 * 1024;
+
+/// A progress line on stderr for a large transfer, redrawn at most ten times
+/// a second.
+struct ProgressLine {
+    label: String,
+    last: Option<std::time::Instant>,
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn new(label: String) -> ProgressLine {
+        ProgressLine {
+            label,
+            last: None,
+            shown: false,
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        if total < PROGRESS_FROM {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if done < total
+            && self
+                .last
+                .is_some_and(|t| now - t < std::time::Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(now);
+        self.shown = true;
+        let percent = done.saturating_mul(100) / total.max(1);
+        eprint!(
+            "\r{}: {:.1} of {:.1} MiB ({percent}%)   ",
+            self.label,
+            mib(done),
+            mib(total)
+        );
+    }
+
+    fn end(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
+/// A media type for common file name extensions; None for the rest.
+fn guess_mime(path: &Path) -> Option<String> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    let mime = match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "svg" => "image/svg+xml",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "txt" => "text/plain",
+        "md" => "text/markdown",
+        "html" | "htm" => "text/html",
+        "mp3" => "audio/mpeg",
+        "ogg" | "opus" => "audio/ogg",
+        "m4a" => "audio/mp4",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mov" => "video/quicktime",
+        _ => return None,
+    };
+    Some(mime.to_string())
+}
+
+async fn send_file(
+    profile_name: &str,
+    to: &str,
+    path: &Path,
+    group: bool,
+    text: Option<String>,
+) -> anyhow::Result<()> {
+    let dest = target(to, group)?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no usable file name", path.display()))?
+        .to_string();
+    let (client, _) = resume(profile_name).await?;
+    let mut line = ProgressLine::new(format!("uploading {name}"));
+    let uploaded = client
+        .upload(path, |done, total| line.update(done, total))
+        .await;
+    line.end();
+    let uploaded = uploaded.with_context(|| format!("uploading {}", path.display()))?;
+    let draft = quince::client::Draft {
+        text: text.unwrap_or_default(),
+        attachment: Some(quince::protocol::AttachmentRef {
+            id: uploaded.id.clone(),
+            name,
+            mime: guess_mime(path),
+        }),
+        ..Default::default()
+    };
+    let ack = client
+        .send_draft(dest, quince::client::new_mid(), draft)
+        .await?;
+    println!(
+        "sent {} ({}, id {}) (conversation {}, #{})",
+        path.display(),
+        quince::store::human_size(uploaded.size),
+        uploaded.id,
+        ack.conv,
+        ack.seq
+    );
+    Ok(())
+}
+
+async fn fetch(profile_name: &str, id: &str, path: &Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{} is a directory; give the file name to save as",
+            path.display()
+        );
+    }
+    let (client, _) = resume(profile_name).await?;
+    let mut line = ProgressLine::new(format!("downloading {}", path.display()));
+    let size = client
+        .download(id, path, |done, total| line.update(done, total))
+        .await;
+    line.end();
+    let size = size.with_context(|| format!("downloading {id}"))?;
+    println!(
+        "saved {} ({})",
+        path.display(),
+        quince::store::human_size(size)
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ use crate::stream::{self, FrameReader};
 use crate::tls::PinVerifier;
 pub use crate::tls::Trust;
 
+mod transfer;
+pub use transfer::{TransferError, part_path};
+
 /// Messages queued for the app before the client stops reading events.
 const INBOX: usize = 1024;
 /// Events other than messages kept for a slow reader of [`Client::events`]

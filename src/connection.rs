@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::auth::{self, ThrottleKey};
 use crate::config::Config;
 use crate::protocol::{
-    self, ConvList, Created, Done, ErrorBody, ErrorCode, Event, FrameError, GroupRole, Invite,
+    self, Body, ConvList, Created, Done, ErrorBody, ErrorCode, Event, FrameError, GroupRole, Invite,
     MAX_EXT, MAX_TEXT, MID_LEN, PowerState, Request, Role, Session, Status, Target, Users, close,
 };
 use crate::server::State;
@@ -114,7 +114,13 @@ pub async fn handle(state: Arc<State>, incoming: quinn::Incoming) {
         auth: None,
         replies,
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+        uploader: Arc::default(),
     };
+    let uploads = tokio::spawn(crate::attachment::accept_uploads(
+        state.clone(),
+        conn.clone(),
+        session.uploader.clone(),
+    ));
     let shutting_down = session.serve(recv).await;
     // Let requests already taken finish (their commits are answered) before leaving.
     let _ = tokio::time::timeout(
@@ -123,6 +129,7 @@ pub async fn handle(state: Arc<State>, incoming: quinn::Incoming) {
     )
     .await;
     session.go_offline();
+    uploads.abort();
     drop(session);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     if shutting_down {
@@ -158,6 +165,8 @@ struct Connection {
     auth: Option<Auth>,
     replies: mpsc::Sender<Vec<u8>>,
     inflight: Arc<Semaphore>,
+    /// The logged-in user's id (0: none), for upload streams.
+    uploader: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Connection {
@@ -265,6 +274,19 @@ impl Connection {
                 (self.state.clone(), self.conn.clone(), self.replies.clone());
             tokio::spawn(async move {
                 let reply = backup(&state, &auth, conn, id).await;
+                let _ = replies.send(encode_reply(id, reply)).await;
+                drop(permit);
+            });
+            return;
+        }
+        if let Request::UploadBegin { .. }
+        | Request::UploadFinish { .. }
+        | Request::Download { .. } = request
+        {
+            let (state, conn, replies) =
+                (self.state.clone(), self.conn.clone(), self.replies.clone());
+            tokio::spawn(async move {
+                let reply = attachment_request(&state, &auth, conn, id, request).await;
                 let _ = replies.send(encode_reply(id, reply)).await;
                 drop(permit);
             });
@@ -440,6 +462,8 @@ impl Connection {
             device,
             token,
         };
+        self.uploader
+            .store(user, std::sync::atomic::Ordering::Release);
         self.auth = Some(Auth {
             user,
             username,
@@ -469,6 +493,7 @@ impl Connection {
     }
 
     fn go_offline(&mut self) {
+        self.uploader.store(0, std::sync::atomic::Ordering::Release);
         if let Some(auth) = self.auth.take() {
             self.state.hub.unregister(auth.user, auth.conn_id);
             let (user, name, conn) = (auth.user, &auth.username, auth.conn_id);
@@ -637,6 +662,10 @@ fn write_op(config: &Config, auth: &Auth, request: &Request) -> Result<Option<Wr
                     ErrorCode::ExtTooLarge,
                     format!("`ext` is over {MAX_EXT} bytes"),
                 );
+            }
+            if let Some(a) = attachment {
+                crate::attachment::check_ref(&a.name, a.mime.as_deref())
+                    .or_else(|msg| refuse(ErrorCode::BadRequest, msg))?;
             }
             WriteOp::Send {
                 user: auth.user,
@@ -808,6 +837,10 @@ async fn after_write(
             recipients,
         } => {
             if let Some(message) = message {
+                if let Body::Recall { .. } = message.body {
+                    // The recalled message's file may have lost its last reference.
+                    state.attachments.collect_now();
+                }
                 let frame = Bytes::from(protocol::encode_event(&Event::Message(message)));
                 state.hub.deliver(&recipients, auth.device, frame);
             }
@@ -1070,6 +1103,157 @@ async fn read(state: &State, auth: &Auth, id: u64, request: Request) -> Reply {
                     backup_next: backup.next,
                 },
             )
+        }
+        _ => refuse(ErrorCode::BadRequest, "unexpected request"),
+    }
+}
+
+// --- Attachments -------------------------------------------------------------
+
+/// `upload_begin`, `upload_finish` and `download` (docs/PROTOCOL.md §7.6):
+/// they work on files as well as the store, so they run here rather than as
+/// plain writes or reads.
+async fn attachment_request(
+    state: &State,
+    auth: &Auth,
+    conn: quinn::Connection,
+    id: u64,
+    request: Request,
+) -> Reply {
+    use crate::attachment::AttachmentError;
+    use crate::protocol::{DownloadReady, UploadSlot, Uploaded};
+    use crate::store::{human_size, parse_sha256};
+    let store = &state.store;
+    let files = &state.attachments;
+    match request {
+        Request::UploadBegin { size, sha256 } => {
+            let Some(sha) = parse_sha256(&sha256) else {
+                return refuse(
+                    ErrorCode::BadRequest,
+                    "`sha256` must be 64 hexadecimal digits",
+                );
+            };
+            let limits = &state.config.attachments;
+            if size > limits.max_bytes() {
+                return refuse(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the file is {}; this server takes attachments of at most {}",
+                        human_size(size),
+                        human_size(limits.max_bytes())
+                    ),
+                );
+            }
+            let outcome = store
+                .write(WriteOp::UploadBegin {
+                    user: auth.user,
+                    size,
+                    sha256: sha,
+                    quota: limits.quota_bytes(),
+                    now: now_ms(),
+                })
+                .await?;
+            let WriteOutcome::Upload { upload } = outcome else {
+                return refuse(ErrorCode::Internal, "unexpected store answer");
+            };
+            let received = files.received(upload).min(size);
+            ok(id, &UploadSlot { upload, received })
+        }
+        Request::UploadFinish { upload } => {
+            let not_yours = || refuse(ErrorCode::NotFound, format!("no upload {upload} of yours"));
+            // Checked before a writer slot is made for it, so that asking
+            // about made-up ids costs the server nothing.
+            if store
+                .upload(upload)?
+                .is_none_or(|rec| rec.user != auth.user)
+            {
+                return not_yours();
+            }
+            let slot = files.slot(upload);
+            // No stream appends while the file is checked and moved.
+            let _writing = slot.file.lock().await;
+            let rec = match store.upload(upload)? {
+                Some(rec) if rec.user == auth.user => rec,
+                // Finished or deleted while this one waited.
+                _ => return not_yours(),
+            };
+            let received = files.received(upload);
+            if received < rec.size {
+                return refuse(
+                    ErrorCode::Incomplete,
+                    format!(
+                        "the server has {received} of the upload's {} bytes; send the rest from offset {received}",
+                        rec.size
+                    ),
+                );
+            }
+            let _collecting = files.collecting.lock().await;
+            let (sha, size) = (rec.sha256.clone(), rec.size);
+            let stored = files.finish_upload(upload, &sha, size).await;
+            match stored {
+                Ok(_) => {}
+                Err(AttachmentError::Checksum { expected, computed }) => {
+                    store.write(WriteOp::UploadAbort { upload }).await?;
+                    files.forget(upload);
+                    return refuse(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "the bytes received have SHA-256 {computed}, not {expected}; the upload was deleted, start again"
+                        ),
+                    );
+                }
+                Err(AttachmentError::Incomplete { received, size }) => {
+                    return refuse(
+                        ErrorCode::Incomplete,
+                        format!("the server has {received} of the upload's {size} bytes"),
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, upload, "storing an upload failed");
+                    return refuse(
+                        ErrorCode::Internal,
+                        "the server could not store the file; send upload_finish again later",
+                    );
+                }
+            }
+            store
+                .write(WriteOp::UploadDone {
+                    user: auth.user,
+                    upload,
+                    now: now_ms(),
+                })
+                .await?;
+            files.forget(upload);
+            ok(id, &Uploaded { id: sha, size })
+        }
+        Request::Download { id: file, offset } => {
+            let unknown = || {
+                refuse(
+                    ErrorCode::NotFound,
+                    format!("no attachment {file} that you can read"),
+                )
+            };
+            let Some(sha) = parse_sha256(&file) else {
+                return unknown();
+            };
+            let Some(size) = store.downloadable(auth.user, &sha)? else {
+                return unknown();
+            };
+            if offset > size {
+                return refuse(
+                    ErrorCode::BadRequest,
+                    format!("`offset` {offset} is past the end of the file ({size} bytes)"),
+                );
+            }
+            let blob = match files.open_blob(&hex::encode(sha)) {
+                Ok(blob) => blob,
+                Err(e) => {
+                    tracing::error!(error = %e, "a recorded attachment file cannot be read");
+                    return refuse(ErrorCode::Internal, "the server cannot read this file");
+                }
+            };
+            tokio::spawn(crate::attachment::Attachments::send(conn, id, blob, offset));
+            ok(id, &DownloadReady { size, offset })
         }
         _ => refuse(ErrorCode::BadRequest, "unexpected request"),
     }

@@ -8,7 +8,9 @@
 //! - [`stream`]: reading and writing frames on QUIC streams, batched.
 //! - [`client`]: the async client library apps embed.
 //! - [`backup`]: backup files, restore, and scheduled backups.
+//! - [`attachment`]: attachment files: uploads, the blob store, garbage collection.
 //! - [`system`]: the appliance's settings from the boot partition's `quince.toml`.
+pub mod attachment;
 pub mod auth;
 pub mod backup;
 pub mod client;

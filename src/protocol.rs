@@ -46,6 +46,24 @@ pub mod close {
     pub const DEVICE_REVOKED: u32 = 5;
 }
 
+/// QUIC error codes the server stops an upload stream with (`STOP_SENDING`),
+/// so the client learns why its bytes were not taken.
+pub mod upload_stop {
+    /// The first frame is not an upload stream header.
+    pub const BAD_HEADER: u32 = 1;
+    /// Not logged in, no such upload, or another user's upload.
+    pub const REFUSED: u32 = 2;
+    /// `offset` is not the number of bytes the server has: ask `upload_begin` again.
+    pub const WRONG_OFFSET: u32 = 3;
+    /// More bytes than the size given to `upload_begin`: the upload was deleted.
+    pub const TOO_MANY_BYTES: u32 = 4;
+    /// The server could not write the bytes (disk full, I/O error); what it
+    /// had before stays.
+    pub const FAILED: u32 = 5;
+    /// A newer stream of the same upload took over from this one.
+    pub const SUPERSEDED: u32 = 6;
+}
+
 /// Role of an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

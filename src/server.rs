@@ -72,6 +72,8 @@ pub struct State {
     pub presence: crate::presence::Presence,
     /// Typing indicators passed on (nothing stored).
     pub typing: crate::typing::Typing,
+    /// Attachment files: uploads, the blob store, its garbage collection.
+    pub attachments: crate::attachment::Attachments,
 }
 
 impl State {
@@ -261,6 +263,17 @@ impl Server {
             }
         });
 
+        let attachments =
+            crate::attachment::Attachments::open(&config.data_dir).map_err(|source| {
+                ServerError::DataDir {
+                    path: config
+                        .data_dir
+                        .join(crate::attachment::DIR)
+                        .display()
+                        .to_string(),
+                    source,
+                }
+            })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (presence, typing) = (config.presence, config.typing);
         let state = Arc::new(State {
@@ -275,6 +288,7 @@ impl Server {
             backups: Default::default(),
             presence: crate::presence::Presence::new(presence),
             typing: crate::typing::Typing::new(typing),
+            attachments,
         });
         Ok(Server {
             endpoint,
@@ -306,6 +320,7 @@ impl Server {
         let mut connections = JoinSet::new();
         let trimmer = tokio::spawn(return_free_memory());
         let backups = tokio::spawn(crate::backup::schedule(state.clone()));
+        let collector = tokio::spawn(crate::attachment::collect_garbage(state.clone()));
         let watchdog = watchdog.map(Arc::new);
         let petter = watchdog
             .clone()
@@ -348,6 +363,7 @@ impl Server {
         endpoint.set_server_config(None);
         trimmer.abort();
         backups.abort();
+        collector.abort();
         let _ = shutdown.send(true);
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while connections.join_next().await.is_some() {}
@@ -391,8 +407,8 @@ fn transport() -> quinn::TransportConfig {
     t.max_idle_timeout(Some(quinn::VarInt::from_u32(60_000).into()));
     // The control stream, plus room for later features' streams.
     t.max_concurrent_bidi_streams(8u32.into());
-    // Clients never open unidirectional streams.
-    t.max_concurrent_uni_streams(0u32.into());
+    // Clients open unidirectional streams only to upload attachments.
+    t.max_concurrent_uni_streams(4u32.into());
     t.stream_receive_window(quinn::VarInt::from_u32(512 * 1024));
     t.receive_window(quinn::VarInt::from_u32(1024 * 1024));
     t.send_window(1024 * 1024);

@@ -37,6 +37,8 @@
 //! are the ordinal at the conversation's end minus the ordinal at the marker,
 //! two lookups however long the backlog. `edits` lets a recall find and wipe
 //! every earlier edit of the message it recalls.
+//!
+//! The attachment tables (`uploads`, `blobs`, …) are described in `store/attachments.rs`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +54,9 @@ use tokio::sync::{mpsc, oneshot};
 
 mod snapshot;
 pub use snapshot::{SnapshotInfo, check_file};
+
+mod attachments;
+pub use attachments::{BlobRecord, UploadRecord, human_size, parse_sha256};
 
 use crate::protocol::{
     AttachmentRef, Body, ConvDeleted, ConvKind, ConvSummary, ErrorCode, Event, GroupRole, MAX_PAGE,
@@ -206,7 +211,7 @@ impl Membership {
     }
 
     /// The first sequence number the user sees.
-    fn first_visible(&self) -> u64 {
+    pub(crate) fn first_visible(&self) -> u64 {
         self.from_seq.max(self.cleared.saturating_add(1)).max(1)
     }
 }
@@ -393,6 +398,24 @@ pub enum WriteOp {
         username: String,
         password: String,
     },
+    /// Start or resume an upload (the size limit is checked before).
+    UploadBegin {
+        user: u64,
+        size: u64,
+        sha256: [u8; 32],
+        quota: u64,
+        now: u64,
+    },
+    /// The upload's file is verified and in the blob store: record it.
+    UploadDone {
+        user: u64,
+        upload: u64,
+        now: u64,
+    },
+    /// Forget an upload whose partial file was deleted.
+    UploadAbort {
+        upload: u64,
+    },
 }
 
 /// What [`WriteOp::Amend`] does to the message.
@@ -448,6 +471,10 @@ pub enum WriteOutcome {
     Account {
         user: u64,
         devices: Vec<u64>,
+    },
+    /// The upload `upload_begin` started or resumed.
+    Upload {
+        upload: u64,
     },
 }
 
@@ -556,6 +583,7 @@ impl Store {
             txn.open_table(READ_MARKERS)?;
             txn.open_table(TEXT_ORDINALS)?;
             txn.open_table(EDITS)?;
+            attachments::create_tables(&txn)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
@@ -1186,6 +1214,7 @@ struct Writer<'t, 'c> {
     read_markers: Table<'t, [u8; 16], u64>,
     text_ordinals: Table<'t, [u8; 16], u64>,
     edits: Table<'t, [u8; 24], ()>,
+    att: attachments::Tables<'t>,
 }
 
 impl<'t, 'c> Writer<'t, 'c> {
@@ -1209,6 +1238,7 @@ impl<'t, 'c> Writer<'t, 'c> {
             read_markers: txn.open_table(READ_MARKERS)?,
             text_ordinals: txn.open_table(TEXT_ORDINALS)?,
             edits: txn.open_table(EDITS)?,
+            att: attachments::Tables::open(txn)?,
         })
     }
 
@@ -1579,7 +1609,16 @@ impl<'t, 'c> Writer<'t, 'c> {
                     );
                 }
                 // The content goes from the store: the message and every
-                // edit of it keep only their place in the conversation.
+                // edit of it keep only their place in the conversation. An
+                // attached file no other message refers to goes as well (the
+                // garbage collection deletes it once this commits).
+                if let Body::Text {
+                    attachment: Some(a),
+                    ..
+                } = &original.body
+                {
+                    self.release_attachment(&a.id, conv, seq)?;
+                }
                 original.body = Body::Recalled {};
                 self.put_message(&original)?;
                 let mut edits = Vec::new();
@@ -2117,6 +2156,15 @@ impl<'t, 'c> Writer<'t, 'c> {
                 }
                 Ok(WriteOutcome::Account { user: id, devices })
             }
+            WriteOp::UploadBegin {
+                user,
+                size,
+                sha256,
+                quota,
+                now,
+            } => self.upload_begin(*user, *size, sha256, *quota, *now),
+            WriteOp::UploadDone { user, upload, now } => self.upload_done(*user, *upload, *now),
+            WriteOp::UploadAbort { upload } => self.upload_abort(*upload),
         }
     }
 
@@ -2131,17 +2179,6 @@ impl<'t, 'c> Writer<'t, 'c> {
         out: OutgoingText<'_>,
         now: u64,
     ) -> Result<WriteOutcome, StoreError> {
-        if out.attachment.is_some() {
-            return reject(ErrorCode::BadRequest, "attachments are not supported yet");
-        }
-        let body = Body::Text {
-            text: out.text.to_string(),
-            ext: out.ext.clone(),
-            reply_to: out.reply_to,
-            attachment: None,
-            edited: None,
-            reactions: Vec::new(),
-        };
         // Idempotency: a retried send finds its first attempt.
         if let Some(at) = self
             .message_ids
@@ -2159,9 +2196,15 @@ impl<'t, 'c> Writer<'t, 'c> {
                     text,
                     ext,
                     reply_to,
+                    attachment,
                     edited: None,
                     ..
-                } => text == out.text && ext == out.ext && *reply_to == out.reply_to,
+                } => {
+                    text == out.text
+                        && ext == out.ext
+                        && *reply_to == out.reply_to
+                        && attachment.as_ref().map(|a| &a.id) == out.attachment.map(|a| &a.id)
+                }
                 _ => true,
             };
             if !as_sent {
@@ -2176,6 +2219,12 @@ impl<'t, 'c> Writer<'t, 'c> {
                 recipients: Arc::new([]),
             });
         }
+        // Everything is checked before anything is written: a refused request
+        // must leave nothing behind in the batch's transaction.
+        let attachment = match out.attachment {
+            Some(r) => Some(self.attachment_for(user, r)?),
+            None => None,
+        };
         let (conv, mut rec) = match target {
             Target::Conv(conv) => {
                 let rec = self.conv(*conv)?;
@@ -2202,6 +2251,12 @@ impl<'t, 'c> Writer<'t, 'c> {
                             .ok_or(StoreError::Corrupt("direct_index"))?,
                     ),
                     None => {
+                        if let Some(quoted) = out.reply_to {
+                            return reject(
+                                ErrorCode::NotFound,
+                                format!("no message #{quoted} with {name} to reply to"),
+                            );
+                        }
                         let conv = self.next_id("next_conv")?;
                         let (lo, hi) = (user.min(peer), user.max(peer));
                         let lo_name = if lo == user {
@@ -2244,6 +2299,15 @@ impl<'t, 'c> Writer<'t, 'c> {
                 );
             }
         }
+        let attached = attachment.as_ref().map(|a| a.id.clone());
+        let body = Body::Text {
+            text: out.text.to_string(),
+            ext: out.ext.clone(),
+            reply_to: out.reply_to,
+            attachment,
+            edited: None,
+            reactions: Vec::new(),
+        };
         let recipients = self.active_members(conv)?;
         let message = self.append(conv, &mut rec, mid, username, device, now, body)?;
         self.message_ids
@@ -2258,6 +2322,9 @@ impl<'t, 'c> Writer<'t, 'c> {
             < message.seq
         {
             self.read_markers.insert(marker, message.seq)?;
+        }
+        if let Some(id) = &attached {
+            self.add_attachment_ref(id, conv, message.seq)?;
         }
         Ok(WriteOutcome::Message {
             ack: ack_of(&message, false),

@@ -272,6 +272,39 @@ fn examples() -> Vec<Example> {
                 seq: 2,
             }),
         ),
+        // Attachments (section 17).
+        request(
+            "upload_begin",
+            7,
+            Request::UploadBegin {
+                size: 2_411_724,
+                sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            },
+        ),
+        ok(
+            "upload_begin_ok",
+            7,
+            quince::protocol::UploadSlot {
+                upload: 12,
+                received: 1_048_576,
+            },
+        ),
+        stream_header(
+            "stream_header_upload",
+            StreamHeader {
+                stream: "upload".into(),
+                id: 12,
+                offset: Some(1_048_576),
+            },
+        ),
+        stream_header(
+            "stream_header_download",
+            StreamHeader {
+                stream: "download".into(),
+                id: 9,
+                offset: None,
+            },
+        ),
     ]
 }
 

@@ -54,6 +54,12 @@ fn each_table(v: &mut impl TableVisitor) -> Result<(), StoreError> {
     v.visit(READ_MARKERS)?;
     v.visit(TEXT_ORDINALS)?;
     v.visit(EDITS)?;
+    v.visit(super::attachments::UPLOADS)?;
+    v.visit(super::attachments::UPLOAD_INDEX)?;
+    v.visit(super::attachments::BLOBS)?;
+    v.visit(super::attachments::BLOB_OWNERS)?;
+    v.visit(super::attachments::USER_BLOBS)?;
+    v.visit(super::attachments::ATTACHMENT_REFS)?;
     Ok(())
 }
 
