@@ -19,8 +19,9 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::auth::{self, ThrottleKey};
 use crate::config::Config;
 use crate::protocol::{
-    self, Body, ConvList, Created, Done, ErrorBody, ErrorCode, Event, FrameError, GroupRole, Invite,
-    MAX_EXT, MAX_TEXT, MID_LEN, PowerState, Request, Role, Session, Status, Target, Users, close,
+    self, Body, ConvList, Created, Done, ErrorBody, ErrorCode, Event, FrameError, GroupRole,
+    Invite, MAX_EXT, MAX_TEXT, MID_LEN, PowerState, Request, Role, Session, Status, Target, Users,
+    close,
 };
 use crate::server::State;
 use crate::store::{Amendment, MAX_GROUP_MEMBERS, StoreError, WriteOp, WriteOutcome};

@@ -63,12 +63,6 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
-    let err = result.expect_err("the server should refuse this");
-    err.code()
-        .unwrap_or_else(|| panic!("expected a server error, got {err}"))
-}
-
 fn transfer_code<T: std::fmt::Debug>(result: Result<T, TransferError>) -> ErrorCode {
     let err = result.expect_err("the server should refuse this");
     err.code()
@@ -193,7 +187,7 @@ async fn a_file_sent_by_one_user_is_fetched_identical_by_the_other() {
         let sent = alice
             .send_draft(Target::User("bob".into()), new_mid(), draft)
             .await;
-        assert_eq!(code_of(sent), ErrorCode::BadRequest, "name {name:?}");
+        assert_eq!(refused(sent), ErrorCode::BadRequest, "name {name:?}");
     }
 }
 
@@ -346,7 +340,7 @@ async fn only_those_who_can_read_the_message_can_download() {
         ErrorCode::NotFound
     );
     assert_eq!(
-        code_of(send_attachment(&bob, Target::User("carol".into()), &up.id, "x", "").await),
+        refused(send_attachment(&bob, Target::User("carol".into()), &up.id, "x", "").await),
         ErrorCode::NotFound
     );
 
@@ -356,14 +350,14 @@ async fn only_those_who_can_read_the_message_can_download() {
     bob.download(&up.id, &dest("b1"), |_, _| {}).await.unwrap();
     assert_eq!(std::fs::read(dest("b1")).unwrap(), bytes);
     // Carol is in no conversation with it: the same answer as an unknown id.
-    let refused = transfer_code(carol.download(&up.id, &dest("c1"), |_, _| {}).await);
+    let not_hers = transfer_code(carol.download(&up.id, &dest("c1"), |_, _| {}).await);
     let unknown = transfer_code(
         carol
             .download(&"0".repeat(64), &dest("c2"), |_, _| {})
             .await,
     );
     assert_eq!(
-        (refused, unknown),
+        (not_hers, unknown),
         (ErrorCode::NotFound, ErrorCode::NotFound)
     );
     assert!(!dest("c1").exists() && !quince::client::part_path(&dest("c1")).exists());
@@ -394,6 +388,72 @@ async fn only_those_who_can_read_the_message_can_download() {
         transfer_code(dave.download(&up2.id, &dest("d2"), |_, _| {}).await),
         ErrorCode::NotFound
     );
+}
+
+#[tokio::test]
+async fn recalling_the_message_deletes_its_file_and_deleting_the_conversation_ends_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let dest = |name: &str| work.path().join(name);
+
+    // Deleting the conversation from one's view ends one's access to its files.
+    let kept = content(20_000, 7);
+    let up = alice
+        .upload(&file(work.path(), "kept.bin", &kept), |_, _| {})
+        .await
+        .unwrap();
+    let ack = send_attachment(&alice, Target::User("bob".into()), &up.id, "kept.bin", "")
+        .await
+        .unwrap();
+    bob.download(&up.id, &dest("b0"), |_, _| {}).await.unwrap();
+    bob.delete_conversation(ack.conv).await.unwrap();
+    assert_eq!(
+        transfer_code(bob.download(&up.id, &dest("b1"), |_, _| {}).await),
+        ErrorCode::NotFound
+    );
+    alice
+        .download(&up.id, &dest("a1"), |_, _| {})
+        .await
+        .unwrap();
+
+    // A recalled message takes its file with it, from the disk too.
+    let gone = content(30_000, 8);
+    let up = alice
+        .upload(&file(work.path(), "oops.bin", &gone), |_, _| {})
+        .await
+        .unwrap();
+    let ack = send_attachment(&alice, Target::User("bob".into()), &up.id, "oops.bin", "")
+        .await
+        .unwrap();
+    assert_eq!(blobs(&server).len(), 2);
+    bob.download(&up.id, &dest("b2"), |_, _| {}).await.unwrap();
+    alice.recall(ack.conv, ack.seq).await.unwrap();
+    for who in [&alice, &bob] {
+        assert_eq!(
+            transfer_code(who.download(&up.id, &dest("x"), |_, _| {}).await),
+            ErrorCode::NotFound
+        );
+    }
+    let gone_id = up.id.clone();
+    eventually("the recalled file is deleted", || {
+        let left = blobs(&server);
+        left.len() == 1 && !left.iter().any(|p| p.ends_with(&gone_id))
+    })
+    .await;
+    // The other file is untouched.
+    alice
+        .download(
+            &up.id.replace(&up.id, &sha256(&kept)),
+            &dest("a2"),
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dest("a2")).unwrap(), kept);
 }
 
 #[tokio::test]
@@ -433,16 +493,16 @@ async fn an_upload_over_the_quota_is_refused_and_leaves_nothing() {
         .await
         .unwrap();
     let second = content(600_000, 8);
-    let refused = alice
+    let over = alice
         .upload(&file(work.path(), "two", &second), |_, _| {})
         .await;
-    assert_eq!(transfer_code(refused), ErrorCode::QuotaExceeded);
+    assert_eq!(transfer_code(over), ErrorCode::QuotaExceeded);
     assert!(partials(&server).is_empty());
     assert_eq!(blobs(&server).len(), 1);
     // An upload in progress counts too.
     let slot = bob.upload_begin(600_000, &sha256(&first)).await.unwrap();
     assert_eq!(
-        code_of(bob.upload_begin(600_000, &sha256(&second)).await),
+        refused(bob.upload_begin(600_000, &sha256(&second)).await),
         ErrorCode::QuotaExceeded
     );
     // The quota is per user: Bob has his own.
@@ -470,7 +530,7 @@ async fn a_wrong_checksum_or_too_many_bytes_is_refused_and_leaves_nothing() {
     let bytes = content(100_000, 9);
 
     assert_eq!(
-        code_of(alice.upload_begin(10, "not hex").await),
+        refused(alice.upload_begin(10, "not hex").await),
         ErrorCode::BadRequest
     );
 
@@ -490,7 +550,7 @@ async fn a_wrong_checksum_or_too_many_bytes_is_refused_and_leaves_nothing() {
         "{intruder:?}"
     );
     assert_eq!(
-        code_of(bob.upload_finish(slot.upload).await),
+        refused(bob.upload_finish(slot.upload).await),
         ErrorCode::NotFound
     );
     alice
@@ -510,7 +570,7 @@ async fn a_wrong_checksum_or_too_many_bytes_is_refused_and_leaves_nothing() {
     assert!(err.to_string().contains(&sha256(&bytes)), "{err}");
     assert!(partials(&server).is_empty() && blobs(&server).is_empty());
     assert_eq!(
-        code_of(alice.upload_finish(slot.upload).await),
+        refused(alice.upload_finish(slot.upload).await),
         ErrorCode::NotFound
     );
 
@@ -532,7 +592,7 @@ async fn a_wrong_checksum_or_too_many_bytes_is_refused_and_leaves_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         gone = alice.upload_finish(slot.upload).await;
     }
-    assert_eq!(code_of(gone), ErrorCode::NotFound);
+    assert_eq!(refused(gone), ErrorCode::NotFound);
     assert!(partials(&server).is_empty() && blobs(&server).is_empty());
     // A new begin starts from zero.
     let fresh = alice.upload_begin(1000, &sha256(small)).await.unwrap();
