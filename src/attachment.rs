@@ -438,6 +438,9 @@ pub async fn collect_garbage(state: Arc<State>) {
 /// [`ABANDONED_AFTER`]. Returns (blob files, uploads) deleted.
 pub async fn collect(state: &State) -> Result<(usize, usize), StoreError> {
     let me = &state.attachments;
+    // Not while a backup reads blob files: it may hold files whose records
+    // were deleted after its snapshot.
+    let _no_backup = state.backups.files_unread().await;
     let _collecting = me.collecting.lock().await;
     let store = state.store.clone();
     let root = me.root.clone();

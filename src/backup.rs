@@ -8,16 +8,22 @@
 //! | bytes | content |
 //! |---|---|
 //! | 8 | magic `QUINCEBK` |
-//! | 4 | format version, 1 |
+//! | 4 | format version, 2 |
 //! | 8 | creation time, ms since the epoch |
 //! | 4 | store schema version of the database inside |
 //! | 4 + C | length C, then the server certificate (PEM); C = 0 when none |
 //! | 4 + K | length K, then its private key (PEM); K = 0 when none |
 //! | 8 + D | length D, then the redb database file |
+//! | 8 | N, the number of attachment files |
+//! | N × (32 + 8 + L) | per file: its SHA-256, its length L, its bytes |
 //! | 32 | SHA-256 of every byte before it |
 //!
 //! The database is a snapshot made from one read transaction
-//! ([`Store::snapshot`]), not a copy of the live file. The certificate and key
+//! ([`Store::snapshot`]), not a copy of the live file. The attachment files
+//! are those in that snapshot's `blobs` table, in its key order; the garbage
+//! collection deletes no blob file while a backup runs, so each is still
+//! there to read. Version 1 is the same without the attachment section (the
+//! two rows before the checksum); restore reads both. The certificate and key
 //! are the data directory's own, so a restored server keeps its fingerprint and
 //! clients' pins still hold. An encrypted backup is this whole file inside an
 //! [age](https://age-encryption.org/v1) file with a passphrase (scrypt)
@@ -41,7 +47,7 @@ use crate::tls::{CERT_FILE, KEY_FILE};
 /// The first bytes of every backup file.
 pub const MAGIC: &[u8; 8] = b"QUINCEBK";
 /// The container format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// File name extension of backups.
 pub const EXTENSION: &str = "qbk";
 /// How an age file begins (binary form).
@@ -81,8 +87,10 @@ pub enum BackupError {
     Destination(String),
     #[error("not a quince backup (it does not start with {MAGIC:?})")]
     NotABackup,
-    #[error("backup format version {0}; this build reads version {FORMAT_VERSION}")]
+    #[error("backup format version {0}; this build reads versions 1 to {FORMAT_VERSION}")]
     NewerFormat(u32),
+    #[error("cannot back up the attachment file {}: {problem}", .file.display())]
+    Attachment { file: PathBuf, problem: String },
     #[error("the backup is truncated: it ends before its {0}")]
     Truncated(&'static str),
     #[error("the backup is corrupt: {0}")]
@@ -125,6 +133,10 @@ fn now_ms() -> u64 {
 pub struct Backups {
     running: Arc<tokio::sync::Mutex<()>>,
     status: std::sync::Mutex<ScheduleStatus>,
+    /// Read-held by a backup from before its snapshot until it has sent or
+    /// written its attachment files; the garbage collection write-holds it
+    /// while it deletes blob files ([`Backups::files_unread`]).
+    files: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// What the schedule last did (all times in ms since the epoch).
@@ -139,6 +151,7 @@ pub struct ScheduleStatus {
 /// Held while a backup runs.
 pub struct BackupGuard {
     _held: tokio::sync::OwnedMutexGuard<()>,
+    files: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Backups {
@@ -147,7 +160,10 @@ impl Backups {
         self.running
             .clone()
             .try_lock_owned()
-            .map(|held| BackupGuard { _held: held })
+            .map(|held| BackupGuard {
+                _held: held,
+                files: self.files.clone(),
+            })
             .map_err(|_| BackupError::Busy)
     }
 
@@ -155,7 +171,16 @@ impl Backups {
     pub async fn begin(&self) -> BackupGuard {
         BackupGuard {
             _held: self.running.clone().lock_owned().await,
+            files: self.files.clone(),
         }
+    }
+
+    /// Waits until no backup is reading attachment files, and keeps the
+    /// next one from starting its snapshot while held: the garbage
+    /// collection holds it while it deletes blob files, so a file recorded
+    /// in a running backup's snapshot is never deleted under it.
+    pub async fn files_unread(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.files.write().await
     }
 
     pub fn status(&self) -> ScheduleStatus {
@@ -250,14 +275,39 @@ fn check_space(dir: &Path, need: u64, what: String) -> Result<(), BackupError> {
 // --- Taking a backup on the server --------------------------------------------
 
 /// A backup ready to be written or sent: the container's header in memory,
-/// the database snapshot in a temporary file in the data directory, and the
-/// checksum of both. Dropping it removes the file and ends the backup.
+/// the database snapshot in a temporary file in the data directory, the list
+/// of attachment files it records, and the checksum of all. Dropping it
+/// removes the file and ends the backup (the garbage collection may then
+/// delete blob files again).
 pub struct Snapshot {
     header: Vec<u8>,
     db: TempFile,
     db_len: u64,
+    /// The data directory, where the attachment files are.
+    dir: PathBuf,
+    /// SHA-256 and size of every attachment file, in the snapshot's order.
+    blobs: Vec<([u8; 32], u64)>,
     sha256: [u8; 32],
+    _reading: tokio::sync::OwnedRwLockReadGuard<()>,
     _running: BackupGuard,
+}
+
+/// Where the attachment file with this SHA-256 is in the data directory `dir`
+/// (as [`crate::attachment::Attachments::blob_path`] has it).
+fn blob_file(dir: &Path, sha: &[u8; 32]) -> PathBuf {
+    let hex = hex::encode(sha);
+    dir.join(crate::attachment::DIR)
+        .join("blobs")
+        .join(&hex[..2])
+        .join(&hex)
+}
+
+/// What precedes an attachment file's bytes in the backup.
+fn file_head(sha: &[u8; 32], size: u64) -> [u8; 40] {
+    let mut h = [0u8; 40];
+    h[..32].copy_from_slice(sha);
+    h[32..].copy_from_slice(&size.to_be_bytes());
+    h
 }
 
 impl Snapshot {
@@ -271,7 +321,10 @@ impl Snapshot {
     ) -> Result<Snapshot, BackupError> {
         let store = store.clone();
         let dir = data_dir.to_path_buf();
-        tokio::task::spawn_blocking(move || Snapshot::take_blocking(&store, &dir, running))
+        // Before the snapshot's read transaction begins: a file it records
+        // must not be collected before the backup has read it.
+        let reading = running.files.clone().read_owned().await;
+        tokio::task::spawn_blocking(move || Snapshot::take_blocking(&store, &dir, running, reading))
             .await
             .map_err(|e| BackupError::Io {
                 what: "the snapshot thread".into(),
@@ -283,6 +336,7 @@ impl Snapshot {
         store: &Store,
         dir: &Path,
         running: BackupGuard,
+        reading: tokio::sync::OwnedRwLockReadGuard<()>,
     ) -> Result<Snapshot, BackupError> {
         remove_stale_snapshots(dir);
         // The copy holds the live data without free pages, so the file's
@@ -293,7 +347,10 @@ impl Snapshot {
             format!("the snapshot in {}", dir.display()),
         )?;
         let db = TempFile::reserve(dir.join(format!("{SNAPSHOT_TMP_PREFIX}{}.redb", random_hex())));
-        store.snapshot(&db.path).map_err(BackupError::Snapshot)?;
+        let blobs = store
+            .snapshot(&db.path)
+            .map_err(BackupError::Snapshot)?
+            .blobs;
         let db_len = std::fs::metadata(&db.path)
             .map_err(io_err("reading the snapshot's size"))?
             .len();
@@ -312,18 +369,27 @@ impl Snapshot {
             }
             hasher.update(&buf[..n]);
         }
+        hasher.update((blobs.len() as u64).to_be_bytes());
+        for (sha, size) in &blobs {
+            hasher.update(file_head(sha, *size));
+            hash_blob(&blob_file(dir, sha), sha, *size, &mut hasher, &mut buf)?;
+        }
         Ok(Snapshot {
             header,
             db,
             db_len,
+            dir: dir.to_path_buf(),
+            blobs,
             sha256: hasher.finalize().into(),
+            _reading: reading,
             _running: running,
         })
     }
 
     /// Length of the whole backup file.
     pub fn total(&self) -> u64 {
-        self.header.len() as u64 + self.db_len + 32
+        let files: u64 = self.blobs.iter().map(|(_, size)| 40 + size).sum();
+        self.header.len() as u64 + self.db_len + 8 + files + 32
     }
 
     /// What `admin_backup` answers.
@@ -338,6 +404,15 @@ impl Snapshot {
     pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
         out.write_all(&self.header)?;
         io::copy(&mut std::fs::File::open(&self.db.path)?, out)?;
+        out.write_all(&(self.blobs.len() as u64).to_be_bytes())?;
+        for (sha, size) in &self.blobs {
+            out.write_all(&file_head(sha, *size))?;
+            let path = blob_file(&self.dir, sha);
+            let copied = io::copy(&mut std::fs::File::open(&path)?.take(*size), out)?;
+            if copied != *size {
+                return Err(shrunk(&path));
+            }
+        }
         out.write_all(&self.sha256)
     }
 
@@ -374,12 +449,82 @@ impl Snapshot {
             }
             out.write_all(&buf[..n]).await.map_err(|e| failed(&e))?;
         }
+        let count = (self.blobs.len() as u64).to_be_bytes();
+        out.write_all(&count).await.map_err(|e| failed(&e))?;
+        for (sha, size) in &self.blobs {
+            let head = file_head(sha, *size);
+            out.write_all(&head).await.map_err(|e| failed(&e))?;
+            let path = blob_file(&self.dir, sha);
+            let what = format!("reading {}", path.display());
+            let mut file = tokio::fs::File::open(&path)
+                .await
+                .map_err(io_err(&what))?
+                .take(*size);
+            let mut left = *size;
+            while left > 0 {
+                let n = file.read(&mut buf).await.map_err(io_err(&what))?;
+                if n == 0 {
+                    return Err(io_err(&what)(shrunk(&path)));
+                }
+                out.write_all(&buf[..n]).await.map_err(|e| failed(&e))?;
+                left -= n as u64;
+            }
+        }
         out.write_all(&self.sha256).await.map_err(|e| failed(&e))?;
         out.finish().map_err(|e| failed(&e))?;
         // Keep the backup (and its guard) until the client has it all.
         let _ = tokio::time::timeout(Duration::from_secs(60), out.stopped()).await;
         Ok(())
     }
+}
+
+/// An attachment file that became shorter after the snapshot checked it.
+fn shrunk(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("{} became shorter during the backup", path.display()),
+    )
+}
+
+/// Feeds the attachment file at `path` to `hasher`, checking that it has
+/// `size` bytes and the SHA-256 `sha` it is named by: a damaged file fails
+/// the backup now rather than its restore later.
+fn hash_blob(
+    path: &Path,
+    sha: &[u8; 32],
+    size: u64,
+    hasher: &mut Sha256,
+    buf: &mut [u8],
+) -> Result<(), BackupError> {
+    let bad = |problem: String| BackupError::Attachment {
+        file: path.to_path_buf(),
+        problem,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let mut own = Sha256::new();
+    let mut left = size;
+    loop {
+        let n = file.read(buf).map_err(|e| bad(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        if n as u64 > left {
+            return Err(bad(format!("it is longer than the {size} bytes recorded")));
+        }
+        hasher.update(&buf[..n]);
+        own.update(&buf[..n]);
+        left -= n as u64;
+    }
+    if left > 0 {
+        return Err(bad(format!(
+            "it has {} of the {size} bytes recorded",
+            size - left
+        )));
+    }
+    if own.finalize().as_slice() != sha {
+        return Err(bad("its content does not match its SHA-256".into()));
+    }
+    Ok(())
 }
 
 /// Removes snapshot files a crash left in the data directory.
@@ -633,6 +778,9 @@ pub struct Restored {
     /// Whether the backup held the server's certificate and key.
     pub identity: bool,
     pub db_bytes: u64,
+    /// Attachment files restored (none from a version 1 backup).
+    pub files: u64,
+    pub file_bytes: u64,
 }
 
 /// Reads and hashes.
@@ -787,8 +935,11 @@ fn restore_into(
         Err(e) => return Err(decrypt_or_io(e, "reading the backup")),
     }
     let version = read_u32(&mut r, "format version")?;
-    if version != FORMAT_VERSION {
+    if version > FORMAT_VERSION {
         return Err(BackupError::NewerFormat(version));
+    }
+    if version == 0 {
+        return Err(BackupError::Corrupt("format version 0".into()));
     }
     let created = read_u64(&mut r, "header")?;
     let schema = read_u32(&mut r, "header")?;
@@ -802,6 +953,44 @@ fn restore_into(
         .map_err(|e| decrypt_or_io(e, "writing the database"))?;
     if copied != db_len {
         return Err(BackupError::Truncated("database"));
+    }
+    // Version 2: the attachment files, each checked against its name.
+    let mut blobs = Vec::new();
+    let mut file_bytes = 0u64;
+    if version >= 2 {
+        let count = read_u64(&mut r, "attachment files")?;
+        let mut last: Option<[u8; 32]> = None;
+        for _ in 0..count {
+            let mut sha = [0u8; 32];
+            read_exact(&mut r, &mut sha, "attachment files")?;
+            let len = read_u64(&mut r, "attachment files")?;
+            if last.is_some_and(|l| l >= sha) {
+                return Err(BackupError::Corrupt(
+                    "its attachment files are out of order or repeated".into(),
+                ));
+            }
+            last = Some(sha);
+            let (tmp, mut f) = TempFile::create(dir.join(format!(".restore-{}", random_hex())))?;
+            let mut own = Hashing {
+                inner: (&mut r).take(len),
+                hasher: Sha256::new(),
+            };
+            let copied = io::copy(&mut own, &mut f)
+                .map_err(|e| decrypt_or_io(e, "writing an attachment file"))?;
+            if copied != len {
+                return Err(BackupError::Truncated("attachment files"));
+            }
+            if own.hasher.finalize().as_slice() != sha {
+                return Err(BackupError::Corrupt(format!(
+                    "the attachment file {} does not match its SHA-256",
+                    hex::encode(sha)
+                )));
+            }
+            f.sync_all()
+                .map_err(io_err("syncing a restored attachment file"))?;
+            blobs.push((tmp, sha));
+            file_bytes += len;
+        }
     }
     let computed: [u8; 32] = std::mem::take(&mut r.hasher).finalize().into();
     let mut trailer = [0u8; 32];
@@ -828,6 +1017,33 @@ fn restore_into(
     drop(db_file);
     crate::store::check_file(&db_tmp.path).map_err(BackupError::NotAStore)?;
 
+    // The attachment files first and the database last: a restore cut
+    // short has no database, so no server starts on half of it.
+    let files = blobs.len() as u64;
+    let mut fans = std::collections::BTreeSet::new();
+    for (tmp, sha) in blobs {
+        let to = blob_file(dir, &sha);
+        if let Some(fan) = to.parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(fan)
+                .map_err(io_err(format!("creating {}", fan.display())))?;
+            fans.insert(fan.to_path_buf());
+        }
+        tmp.persist(&to)?;
+    }
+    if !fans.is_empty() {
+        let blobs_dir = dir.join(crate::attachment::DIR).join("blobs");
+        for d in fans
+            .iter()
+            .chain([&blobs_dir, &dir.join(crate::attachment::DIR)])
+        {
+            sync_dir(d)?;
+        }
+    }
+
     let identity = !cert.is_empty() && !key.is_empty();
     let mut staged = Vec::new();
     if identity {
@@ -850,6 +1066,8 @@ fn restore_into(
         encrypted,
         identity,
         db_bytes: db_len,
+        files,
+        file_bytes,
     })
 }
 

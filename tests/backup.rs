@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use quince::backup::{BackupError, SecretString};
-use quince::client::Client;
-use quince::protocol::{Body, ErrorCode, Target};
+use quince::client::{Client, Draft, new_mid};
+use quince::protocol::{AttachmentRef, Body, ErrorCode, Target};
 use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_quince");
@@ -332,10 +332,26 @@ async fn restore_refuses_damaged_foreign_and_non_empty() {
 
     // A newer format version.
     let mut newer = bytes.clone();
-    newer[8..12].copy_from_slice(&2u32.to_be_bytes());
+    newer[8..12].copy_from_slice(&3u32.to_be_bytes());
     let n = dir.path().join("newer.qbk");
     std::fs::write(&n, &newer).unwrap();
-    refused(&n, &target, "format version 2");
+    refused(&n, &target, "format version 3");
+
+    // A version 1 backup (no attachment section) still restores: the same
+    // file without its count of zero files, with its checksum redone.
+    let end = bytes.len() - 32;
+    assert_eq!(bytes[8..12], 2u32.to_be_bytes());
+    assert_eq!(bytes[end - 8..end], [0u8; 8], "no files, so a count of 0");
+    let mut v1 = bytes[..end - 8].to_vec();
+    v1[8..12].copy_from_slice(&1u32.to_be_bytes());
+    let sum = Sha256::digest(&v1);
+    v1.extend_from_slice(&sum);
+    let v1_file = dir.path().join("v1.qbk");
+    std::fs::write(&v1_file, &v1).unwrap();
+    let v1_dir = dir.path().join("from-v1");
+    let restored = quince::backup::restore(&v1_file, &v1_dir, no_passphrase).unwrap();
+    assert_eq!(restored.files, 0);
+    assert!(v1_dir.join("quince.redb").exists());
 
     // A data directory that is not empty is refused and left alone.
     std::fs::create_dir(&target).unwrap();
@@ -592,4 +608,209 @@ async fn the_first_scheduled_backup_is_due_one_interval_after_the_newest() {
     assert_eq!(status.backup_next.unwrap() / 1000, now + 3600);
     assert!(status.backup_last_success.is_none());
     assert!(status.backup_last_error.is_none());
+}
+
+// --- Attachment files ----------------------------------------------------------
+
+/// Deterministic test content.
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Uploads `bytes` as alice and sends it to bob; returns (file id, ack).
+async fn send_file(
+    alice: &Client,
+    work: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> (String, quince::protocol::SendAck) {
+    let path = work.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let up = alice.upload(&path, |_, _| {}).await.unwrap();
+    let draft = Draft {
+        text: format!("here is {name}"),
+        attachment: Some(AttachmentRef {
+            id: up.id.clone(),
+            name: name.into(),
+            mime: None,
+        }),
+        ..Draft::default()
+    };
+    let ack = alice
+        .send_draft(Target::User("bob".into()), new_mid(), draft)
+        .await
+        .unwrap();
+    (up.id, ack)
+}
+
+fn blob_path(data: &Path, id: &str) -> PathBuf {
+    data.join("attachments/blobs").join(&id[..2]).join(id)
+}
+
+/// Every file under `dir`, recursively, relative to it.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            if entry.path().is_dir() {
+                todo.push(entry.path());
+            } else {
+                out.push(entry.path().strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Downloads file `id` as bob from a server started on `data` and checks
+/// that every file in `expect` comes back byte for byte.
+async fn bob_downloads(data: &Path, work: &Path, expect: &[(&str, &[u8])]) {
+    let server = TestServer::start(data);
+    let bob = server.connect().await;
+    bob.login("bob", &password("bob"), "check").await.unwrap();
+    for (id, bytes) in expect {
+        let dest = work.join(format!("got-{}", &id[..8]));
+        let size = bob.download(id, &dest, |_, _| {}).await.unwrap();
+        assert_eq!(size, bytes.len() as u64);
+        assert_eq!(&std::fs::read(&dest).unwrap(), bytes, "file {id}");
+        std::fs::remove_file(&dest).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn attachment_files_are_backed_up_and_restored_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start(&data);
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let _bob = server.user(&admin, "bob").await;
+    // Bigger than the client's stream window (1.25 MB), so the server is
+    // still sending (and reading files) until the client reads.
+    let big = content(3_000_000, 1);
+    let (big_id, _) = send_file(&alice, work.path(), "big.bin", &big).await;
+    let (empty_id, _) = send_file(&alice, work.path(), "empty.txt", b"").await;
+    let doomed = content(40_000, 2);
+    let (doomed_id, doomed_ack) = send_file(&alice, work.path(), "doomed.bin", &doomed).await;
+
+    // The backup is taken; the server holds it until the client has read it.
+    let download = admin.admin_backup().await.unwrap();
+    // Recalling a message deletes its file unless a backup still needs it:
+    // the garbage collection waits for the backup.
+    alice.recall(doomed_ack.conv, doomed_ack.seq).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        blob_path(&data, &doomed_id).exists(),
+        "a file in a running backup was deleted"
+    );
+    let dest = dir.path().join("files.qbk");
+    quince::backup::save(download, &dest, None).await.unwrap();
+    // Once the backup is done, the collection goes ahead.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while blob_path(&data, &doomed_id).exists() {
+        assert!(std::time::Instant::now() < deadline, "never collected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(blob_path(&data, &big_id).exists());
+    drop(server);
+
+    // The real command restores the files next to the database.
+    let restored = dir.path().join("restored");
+    let out = quince(&["restore", p(&dest), "--data-dir", p(&restored)]);
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expect = vec![
+        blob_path(Path::new(""), &big_id),
+        blob_path(Path::new(""), &doomed_id),
+        blob_path(Path::new(""), &empty_id),
+    ];
+    expect.extend(["quince.redb", "server.crt", "server.key"].map(PathBuf::from));
+    expect.sort();
+    assert_eq!(
+        files_under(&restored),
+        expect,
+        "the files, and nothing temporary"
+    );
+    // The restored server has the message recalled after the backup, and its file.
+    bob_downloads(
+        &restored,
+        work.path(),
+        &[(&big_id, &big), (&empty_id, b""), (&doomed_id, &doomed)],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn encrypted_backup_with_files_round_trips_and_damaged_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start(&data);
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let _bob = server.user(&admin, "bob").await;
+    let bytes = content(300_000, 3);
+    let (id, _) = send_file(&alice, work.path(), "photo.jpg", &bytes).await;
+    let enc = backup_to(&admin, &dir.path().join("enc.qbk"), Some("pass phrase")).await;
+    let plain = backup_to(&admin, &dir.path().join("plain.qbk"), None).await;
+    drop(server);
+    let on_disk = std::fs::read(&enc).unwrap();
+    assert!(
+        !on_disk.windows(64).any(|w| w == &bytes[1000..1064]),
+        "the file shows through the encryption"
+    );
+
+    let restored = dir.path().join("restored");
+    let r = quince::backup::restore(&enc, &restored, || {
+        Ok(SecretString::from("pass phrase".to_string()))
+    })
+    .unwrap();
+    assert!(r.encrypted);
+    assert_eq!((r.files, r.file_bytes), (1, bytes.len() as u64));
+    bob_downloads(&restored, work.path(), &[(&id, &bytes)]).await;
+
+    // Damage inside the file section: found by its SHA-256, which precedes it
+    // (its last occurrence: the database has it too).
+    let good = std::fs::read(&plain).unwrap();
+    let sha = hex::decode(&id).unwrap();
+    let head = good.windows(32).rposition(|w| w == sha.as_slice()).unwrap();
+    let start = head + 40;
+    assert_eq!(good[head + 32..start], (bytes.len() as u64).to_be_bytes());
+    assert_eq!(good[start..start + bytes.len()], bytes[..]);
+    let target = dir.path().join("target");
+    let damaged = dir.path().join("damaged.qbk");
+    // Cut short inside the file.
+    std::fs::write(&damaged, &good[..start + bytes.len() / 2]).unwrap();
+    refused(&damaged, &target, "truncated");
+    assert!(!target.exists());
+    // One flipped byte in the file: it no longer matches its name.
+    let mut flipped = good.clone();
+    flipped[start + 12_345] ^= 0x40;
+    std::fs::write(&damaged, &flipped).unwrap();
+    refused(&damaged, &target, "does not match its sha-256");
+    assert!(!target.exists());
+    // The same flip with the checksum redone is still caught by the name.
+    let body = flipped.len() - 32;
+    let sum = Sha256::digest(&flipped[..body]);
+    flipped[body..].copy_from_slice(&sum);
+    std::fs::write(&damaged, &flipped).unwrap();
+    refused(&damaged, &target, "does not match its sha-256");
+    // Into an existing empty directory: it stays empty.
+    std::fs::create_dir(&target).unwrap();
+    refused(&damaged, &target, "does not match its sha-256");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
 }

@@ -60,6 +60,18 @@ pub fn parse_sha256(hex_digits: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Every stored file of the read transaction `txn`: SHA-256 and size, in
+/// key order (for backups).
+pub(super) fn blob_list(txn: &redb::ReadTransaction) -> Result<Vec<([u8; 32], u64)>, StoreError> {
+    use redb::ReadableTable;
+    let mut out = Vec::new();
+    for row in txn.open_table(BLOBS)?.iter()? {
+        let (k, v) = row?;
+        out.push((k.value(), dec::<BlobRecord>("blobs", v.value())?.size));
+    }
+    Ok(out)
+}
+
 fn k40(a: &[u8], b: &[u8]) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..a.len()].copy_from_slice(a);

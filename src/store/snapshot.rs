@@ -64,10 +64,14 @@ fn each_table(v: &mut impl TableVisitor) -> Result<(), StoreError> {
 }
 
 /// What a snapshot copied.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SnapshotInfo {
     /// Entries copied, over all tables.
     pub entries: u64,
+    /// Every attachment file recorded in the copy (its `blobs` table): the
+    /// SHA-256 and size, in key order. Read in the copy's own transaction,
+    /// so the database and this list agree (40 bytes a file in memory).
+    pub blobs: Vec<([u8; 32], u64)>,
 }
 
 struct Copier<'a> {
@@ -149,7 +153,8 @@ impl Store {
         // One durable commit makes every batch before it durable.
         let last = out.begin_write()?;
         last.commit()?;
-        Ok(SnapshotInfo { entries })
+        let blobs = super::attachments::blob_list(&txn)?;
+        Ok(SnapshotInfo { entries, blobs })
     }
 }
 
