@@ -767,6 +767,21 @@ async fn encrypted_backup_with_files_round_trips_and_damaged_files_are_refused()
     let (id, _) = send_file(&alice, work.path(), "photo.jpg", &bytes).await;
     let enc = backup_to(&admin, &dir.path().join("enc.qbk"), Some("pass phrase")).await;
     let plain = backup_to(&admin, &dir.path().join("plain.qbk"), None).await;
+    // A file damaged on the server's disk fails the backup, with its path,
+    // rather than making a backup that restore would refuse.
+    let mut rotten = bytes.clone();
+    rotten[7] ^= 1;
+    std::fs::write(blob_path(&data, &id), &rotten).unwrap();
+    let err = admin
+        .admin_backup()
+        .await
+        .err()
+        .expect("a backup of a damaged file");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&id) && msg.contains("does not match its SHA-256"),
+        "{msg}"
+    );
     drop(server);
     let on_disk = std::fs::read(&enc).unwrap();
     assert!(
@@ -813,4 +828,33 @@ async fn encrypted_backup_with_files_round_trips_and_damaged_files_are_refused()
     std::fs::create_dir(&target).unwrap();
     refused(&damaged, &target, "does not match its sha-256");
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_scheduled_backup_holds_the_attachment_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"));
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let _bob = server.user(&admin, "bob").await;
+    let bytes = content(200_000, 4);
+    let (id, _) = send_file(&alice, work.path(), "notes.bin", &bytes).await;
+    drop(server);
+
+    // The same data directory with a schedule: the first backup is due at once.
+    let backups = dir.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let server = hourly(dir.path(), "data", &backups);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while backups_in(&backups).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no scheduled backup");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(server);
+    let written = backups.join(&backups_in(&backups)[0]);
+    let restored = dir.path().join("restored");
+    let r = quince::backup::restore(&written, &restored, no_passphrase).unwrap();
+    assert_eq!((r.files, r.file_bytes), (1, bytes.len() as u64));
+    bob_downloads(&restored, work.path(), &[(&id, &bytes)]).await;
 }
