@@ -22,7 +22,8 @@
 //! records, never records without files. The garbage collection deletes such
 //! files, and uploads nobody touched for a day, at start, hourly, and when
 //! [`Attachments::collect_now`] asks (recall does, after dropping a file's
-//! last reference).
+//! last reference). It waits while a backup runs, which reads the files its
+//! snapshot recorded even if their records are gone by then.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

@@ -46,7 +46,8 @@ use crate::tls::{CERT_FILE, KEY_FILE};
 
 /// The first bytes of every backup file.
 pub const MAGIC: &[u8; 8] = b"QUINCEBK";
-/// The container format this build writes and reads.
+/// The container format this build writes; it reads this and version 1
+/// (which has no attachment files).
 pub const FORMAT_VERSION: u32 = 2;
 /// File name extension of backups.
 pub const EXTENSION: &str = "qbk";
