@@ -184,7 +184,7 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         )
     })?;
     println!(
-        "restored the backup of {} ({}{:.1} MiB database{}) into {}",
+        "restored the backup of {} ({}{:.1} MiB database, {} attachment files of {:.1} MiB{}) into {}",
         quince::backup::format_utc(restored.created),
         if restored.encrypted {
             "encrypted, "
@@ -192,6 +192,8 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             ""
         },
         restored.db_bytes as f64 / (1024.0 * 1024.0),
+        restored.files,
+        restored.file_bytes as f64 / (1024.0 * 1024.0),
         if restored.identity {
             ", with the server's certificate and key"
         } else {
