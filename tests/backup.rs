@@ -733,6 +733,8 @@ async fn attachment_files_are_backed_up_and_restored_byte_for_byte() {
         "restore failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("3 attachment files of 2.9 MiB"), "{said}");
     let mut expect = vec![
         blob_path(Path::new(""), &big_id),
         blob_path(Path::new(""), &doomed_id),
