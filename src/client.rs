@@ -640,6 +640,20 @@ impl Client {
     /// key). The result streams the backup file; [`crate::backup::save`]
     /// writes it, and checks its length and SHA-256 as it does.
     pub async fn admin_backup(&self) -> Result<crate::backup::Download, ClientError> {
+        let (ready, (recv, leftover)) = self
+            .call_with_stream::<BackupReady>(Request::AdminBackup {}, "a backup")
+            .await?;
+        Ok(crate::backup::Download::new(ready, recv, leftover))
+    }
+
+    /// Sends a request whose bytes come on a data stream the server opens
+    /// (`admin_backup`, `download`), and waits for both the result and the
+    /// stream. `what` names the data in the error when no stream comes.
+    pub(crate) async fn call_with_stream<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        what: &str,
+    ) -> Result<(T, DataStream), ClientError> {
         let streams = self.streams();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -655,25 +669,25 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        let ready: BackupReady = match call_as(&self.inner, id, Request::AdminBackup {}).await {
-            Ok(ready) => ready,
+        let result: T = match call_as(&self.inner, id, request).await {
+            Ok(result) => result,
             Err(e) => {
                 forget();
                 return Err(e);
             }
         };
         // The server opens the stream as it answers; it may come first.
-        let (recv, leftover) = tokio::select! {
+        let stream = tokio::select! {
             stream = rx => stream.map_err(|_| self.closed_error())?,
             _ = self.inner.conn.closed() => return Err(self.closed_error()),
             _ = tokio::time::sleep(Duration::from_secs(60)) => {
                 forget();
-                return Err(ClientError::Protocol(
-                    "the server announced a backup but sent no stream for it".into(),
-                ));
+                return Err(ClientError::Protocol(format!(
+                    "the server announced {what} but sent no stream for it"
+                )));
             }
         };
-        Ok(crate::backup::Download::new(ready, recv, leftover))
+        Ok((result, stream))
     }
 
     /// The sorter of the server's unidirectional streams, started on first use.

@@ -11,13 +11,11 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 
-use super::{Client, ClientError, call_as};
+use super::{Client, ClientError};
 use crate::protocol::{
     self, DownloadReady, ErrorCode, Request, StreamHeader, UploadSlot, Uploaded, upload_stop,
 };
@@ -211,43 +209,11 @@ impl Client {
         id: &str,
         offset: u64,
     ) -> Result<(DownloadReady, super::DataStream), ClientError> {
-        let streams = self.streams();
-        let request_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let forget = || {
-            streams
-                .data
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&request_id)
-        };
-        streams
-            .data
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(request_id, tx);
         let request = Request::Download {
             id: id.into(),
             offset,
         };
-        let ready: DownloadReady = match call_as(&self.inner, request_id, request).await {
-            Ok(ready) => ready,
-            Err(e) => {
-                forget();
-                return Err(e);
-            }
-        };
-        let stream = tokio::select! {
-            stream = rx => stream.map_err(|_| self.closed_error())?,
-            _ = self.inner.conn.closed() => return Err(self.closed_error()),
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {
-                forget();
-                return Err(ClientError::Protocol(
-                    "the server announced a download but sent no stream for it".into(),
-                ));
-            }
-        };
-        Ok((ready, stream))
+        self.call_with_stream(request, "a download").await
     }
 
     /// Downloads attachment `id` to `dest`: resumes from `<dest>.part` if an
