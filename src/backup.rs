@@ -420,12 +420,26 @@ impl Snapshot {
     /// Sends the backup on a new unidirectional stream of `conn`: a
     /// [`StreamHeader`] frame naming request `id`, then the file's bytes.
     pub async fn send(self, conn: quinn::Connection, id: u64) {
-        if let Err(e) = self.send_on(&conn, id).await {
-            tracing::warn!(error = %e, "sending a backup failed");
+        match self.send_on(&conn, id).await {
+            Ok(out) => {
+                // Every byte is in QUIC's send buffer now, which retransmits
+                // from memory: the snapshot file, the hold on the attachment
+                // files and the one-backup-at-a-time guard can go, so a
+                // client may start its next backup as soon as it has read
+                // this one.
+                drop(self);
+                let _ = tokio::time::timeout(Duration::from_secs(60), out.stopped()).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "sending a backup failed"),
         }
     }
 
-    async fn send_on(&self, conn: &quinn::Connection, id: u64) -> Result<(), BackupError> {
+    /// Writes the whole backup on a new stream and finishes it.
+    async fn send_on(
+        &self,
+        conn: &quinn::Connection,
+        id: u64,
+    ) -> Result<quinn::SendStream, BackupError> {
         use tokio::io::AsyncReadExt;
         let failed = |e: &dyn std::fmt::Display| BackupError::Transfer(e.to_string());
         let mut out = conn.open_uni().await.map_err(|e| failed(&e))?;
@@ -473,9 +487,7 @@ impl Snapshot {
         }
         out.write_all(&self.sha256).await.map_err(|e| failed(&e))?;
         out.finish().map_err(|e| failed(&e))?;
-        // Keep the backup (and its guard) until the client has it all.
-        let _ = tokio::time::timeout(Duration::from_secs(60), out.stopped()).await;
-        Ok(())
+        Ok(out)
     }
 }
 
