@@ -26,7 +26,7 @@
 //! snapshot recorded even if their records are gone by then.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -524,17 +524,17 @@ fn remove_unknown_blobs(store: &Store, root: &Path) -> Result<usize, StoreError>
     Ok(removed)
 }
 
-/// Writes `bytes` to a new file and syncs it (for tests of the collection).
-#[doc(hidden)]
-pub fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `bytes` to a new file and syncs it.
+    fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(path)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    }
 
     #[test]
     fn names_and_media_types_are_checked() {

@@ -13,37 +13,8 @@ use quince::client::{Client, ClientError, Draft, TransferError, new_mid};
 use quince::protocol::{AttachmentRef, Body, ErrorCode, Message, Target};
 use sha2::{Digest, Sha256};
 
-/// Deterministic, incompressible-looking test content.
-fn content(len: usize, seed: u8) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// Every file under `dir`, recursively (none if it does not exist).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(files_under(&path));
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 fn partials(server: &TestServer) -> Vec<PathBuf> {

@@ -612,19 +612,6 @@ async fn the_first_scheduled_backup_is_due_one_interval_after_the_newest() {
 
 // --- Attachment files ----------------------------------------------------------
 
-/// Deterministic test content.
-fn content(len: usize, seed: u8) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// Uploads `bytes` as alice and sends it to bob; returns (file id, ack).
 async fn send_file(
     alice: &Client,
@@ -653,23 +640,6 @@ async fn send_file(
 
 fn blob_path(data: &Path, id: &str) -> PathBuf {
     data.join("attachments/blobs").join(&id[..2]).join(id)
-}
-
-/// Every file under `dir`, recursively, relative to it.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            if entry.path().is_dir() {
-                todo.push(entry.path());
-            } else {
-                out.push(entry.path().strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Downloads file `id` as bob from a server started on `data` and checks
@@ -743,7 +713,10 @@ async fn attachment_files_are_backed_up_and_restored_byte_for_byte() {
     expect.extend(["quince.redb", "server.crt", "server.key"].map(PathBuf::from));
     expect.sort();
     assert_eq!(
-        files_under(&restored),
+        files_under(&restored)
+            .iter()
+            .map(|f| f.strip_prefix(&restored).unwrap().to_path_buf())
+            .collect::<Vec<_>>(),
         expect,
         "the files, and nothing temporary"
     );

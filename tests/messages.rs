@@ -13,16 +13,6 @@ use quince::protocol::{
 };
 use tokio::sync::broadcast;
 
-/// A second device of a user: logs in with the password.
-async fn second_device(server: &TestServer, name: &str) -> Client {
-    let client = server.connect().await;
-    client
-        .login(name, &password(name), "second")
-        .await
-        .expect("login");
-    client
-}
-
 /// The message `seq` of `conv` as `client` reads it in history.
 async fn stored(client: &Client, conv: u64, seq: u64) -> Message {
     let page = client.history(conv, Some(seq - 1), None, 1).await.unwrap();
@@ -57,7 +47,7 @@ async fn replies_edits_reactions_and_recalls_reach_every_device_and_the_store() 
     let admin = server.admin().await;
     let alice = server.user(&admin, "alice").await;
     let bob = server.user(&admin, "bob").await;
-    let alice2 = second_device(&server, "alice").await;
+    let alice2 = server.login("alice", "second").await;
     let carol = server.user(&admin, "carol").await;
     let mut bob_in = bob.subscribe().await.unwrap();
     let mut alice2_in = alice2.subscribe().await.unwrap();
@@ -291,7 +281,7 @@ async fn read_markers_drive_unread_counts_and_receipts() {
     let admin = server.admin().await;
     let alice = server.user(&admin, "alice").await;
     let bob = server.user(&admin, "bob").await;
-    let bob2 = second_device(&server, "bob").await;
+    let bob2 = server.login("bob", "second").await;
     let carol = server.user(&admin, "carol").await;
     let _alice_in = alice.subscribe().await.unwrap();
     let mut alice_events = alice.events();
@@ -405,7 +395,7 @@ async fn deleting_a_conversation_hides_it_for_me_on_every_device_only() {
     let admin = server.admin().await;
     let alice = server.user(&admin, "alice").await;
     let bob = server.user(&admin, "bob").await;
-    let alice2 = second_device(&server, "alice").await;
+    let alice2 = server.login("alice", "second").await;
     let mut alice2_in = alice2.subscribe().await.unwrap();
     let mut alice2_events = alice2.events();
 
@@ -454,7 +444,7 @@ async fn deleting_a_conversation_hides_it_for_me_on_every_device_only() {
         ["three".to_string()]
     );
     // A device logging in later syncs only that.
-    let alice3 = second_device(&server, "alice").await;
+    let alice3 = server.login("alice", "second").await;
     let mut alice3_in = alice3.subscribe().await.unwrap();
     let m = next(&mut alice3_in).await;
     assert_eq!((m.seq, text(&m)), (3, "three"));

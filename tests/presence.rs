@@ -10,7 +10,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
-use quince::client::Client;
 use quince::protocol::{ErrorCode, Event, PresenceInfo, PresenceState, Target, TypingNotice};
 use tokio::sync::broadcast;
 
@@ -52,13 +51,6 @@ fn none_queued(events: &mut broadcast::Receiver<Event>, who: &str) {
     }
 }
 
-/// A second connection of an existing user.
-async fn device(server: &TestServer, name: &str, device: &str) -> Client {
-    let c = server.connect().await;
-    c.login(name, &password(name), device).await.expect("login");
-    c
-}
-
 fn state(p: &PresenceInfo) -> (&str, PresenceState) {
     (p.user.as_str(), p.state)
 }
@@ -87,14 +79,14 @@ async fn presence_follows_every_device_of_a_contact() {
     let left = p.last_seen.expect("last_seen once bob has left");
 
     // Bob logs in: online.
-    let laptop = device(&server, "bob", "laptop").await;
+    let laptop = server.login("bob", "laptop").await;
     let p = next_presence(&mut seen).await;
     assert_eq!(state(&p), ("bob", PresenceState::Online));
     assert_eq!(p.last_seen, None);
 
     // A second device changes nothing; one of two going away changes nothing
     // either (the next event alice hears is the one after both are away).
-    let phone = device(&server, "bob", "phone").await;
+    let phone = server.login("bob", "phone").await;
     laptop.set_presence(PresenceState::Away).await.unwrap();
     let listed = alice.presence().await.unwrap().users;
     assert_eq!(listed.len(), 1, "only bob is alice's contact: {listed:?}");
@@ -155,7 +147,7 @@ async fn a_quick_reconnect_is_not_announced() {
     // Bob's app restarts: its connection goes and a new one comes at once.
     let left = std::time::Instant::now();
     bob.close().await;
-    let again = device(&server, "bob", "phone").await;
+    let again = server.login("bob", "phone").await;
     let quick = left.elapsed() < quince::presence::OFFLINE_GRACE / 2;
     again.set_presence(PresenceState::Away).await.unwrap();
     let mut p = next_presence(&mut seen).await;
@@ -222,7 +214,7 @@ async fn typing_reaches_other_members_only_and_is_not_stored() {
     let alice = server.user(&admin, "alice").await;
     let bob = server.user(&admin, "bob").await;
     let carol = server.user(&admin, "carol").await;
-    let bob_phone = device(&server, "bob", "phone").await;
+    let bob_phone = server.login("bob", "phone").await;
     let conv = alice
         .send(Target::User("bob".into()), "hi bob", None)
         .await
@@ -338,7 +330,7 @@ async fn switched_off_presence_and_typing_are_refused_and_silent() {
     assert_eq!(refused(bob.typing(conv, true).await), ErrorCode::Disabled);
     // Devices come and go without a word to alice: the message bob sends
     // afterwards arrives with no presence event before it.
-    let phone = device(&server, "bob", "phone").await;
+    let phone = server.login("bob", "phone").await;
     phone.close().await;
     bob.send(Target::Conv(conv), "still here", None)
         .await

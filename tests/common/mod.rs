@@ -139,6 +139,17 @@ impl TestServer {
         client
     }
 
+    /// Another device of an existing user: a new connection logged in with
+    /// the password as device `device`.
+    pub async fn login(&self, name: &str, device: &str) -> Client {
+        let client = self.connect().await;
+        client
+            .login(name, &password(name), device)
+            .await
+            .expect("login");
+        client
+    }
+
     /// Registers a member account through `admin` and returns it logged in.
     pub async fn user(&self, admin: &Client, name: &str) -> Client {
         let invite = admin
@@ -166,6 +177,36 @@ fn unsafe_kill(pid: u32, signal: &str) {
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
         .status();
+}
+
+/// Deterministic, incompressible-looking test content (attachments).
+pub fn content(len: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Every file under `dir`, recursively, sorted (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                todo.push(entry.path());
+            } else {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The error code of a request that must have been refused.
