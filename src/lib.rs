@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod id_lists;
 pub mod power;
 pub mod presence;
 pub mod protocol;

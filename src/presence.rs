@@ -41,6 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::hub::Hub;
+use crate::id_lists::IdLists;
 use crate::protocol::{self, Event, PresenceInfo, PresenceList, PresenceState};
 use crate::server::State;
 use crate::store::{Store, StoreError};
@@ -87,19 +88,11 @@ impl UserPresence {
     }
 }
 
-/// Cached contact lists, and a counter that tells a list built from an older
-/// snapshot of the store (while a membership changed) not to be cached.
-#[derive(Default)]
-struct ContactCache {
-    lists: HashMap<u64, Arc<[u64]>>,
-    generation: u64,
-}
-
 /// Everything the server knows about presence.
 pub struct Presence {
     enabled: bool,
     users: Mutex<HashMap<u64, UserPresence>>,
-    contacts: Mutex<ContactCache>,
+    contacts: IdLists,
     /// Names of users that were someone's contact (for `presence` answers).
     names: Mutex<HashMap<u64, Arc<str>>>,
 }
@@ -110,7 +103,8 @@ impl Presence {
         Presence {
             enabled,
             users: Mutex::default(),
-            contacts: Mutex::default(),
+            // One list per user whose presence is wanted: no bound needed.
+            contacts: IdLists::new(usize::MAX),
             names: Mutex::default(),
         }
     }
@@ -173,7 +167,7 @@ impl Presence {
         if p.departures != departure || p.state() != PresenceState::Offline {
             return;
         }
-        lock(&self.contacts).lists.remove(&user);
+        self.contacts.forget(user);
         if p.announced == PresenceState::Offline {
             return;
         }
@@ -238,11 +232,7 @@ impl Presence {
         if !self.enabled {
             return;
         }
-        let mut cache = lock(&self.contacts);
-        cache.generation += 1;
-        for user in users {
-            cache.lists.remove(user);
-        }
+        self.contacts.invalidate(users);
     }
 
     /// Applies `change` to a user's connections and, if the user's aggregate
@@ -290,19 +280,8 @@ impl Presence {
 
     /// The user's contact list, from the cache or built from the store.
     fn contacts(&self, store: &Store, user: u64) -> Result<Arc<[u64]>, StoreError> {
-        let generation = {
-            let cache = lock(&self.contacts);
-            if let Some(list) = cache.lists.get(&user) {
-                return Ok(list.clone());
-            }
-            cache.generation
-        };
-        let list: Arc<[u64]> = store.contacts(user)?.into();
-        let mut cache = lock(&self.contacts);
-        if cache.generation == generation {
-            cache.lists.insert(user, list.clone());
-        }
-        Ok(list)
+        self.contacts
+            .get_or_load(user, || store.contacts(user), |_| true)
     }
 }
 

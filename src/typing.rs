@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::hub::Hub;
+use crate::id_lists::IdLists;
 use crate::protocol::{self, ErrorCode, Event, TypingNotice};
 use crate::store::{Store, StoreError};
 
@@ -32,21 +33,13 @@ const MAX_CACHED_CONVS: usize = 4096;
 pub struct Typing {
     enabled: bool,
     /// Active members of conversations someone typed in.
-    members: Mutex<MemberCache>,
+    members: IdLists,
     /// Per connection (hub id): the last notice passed on for each conversation.
     recent: Mutex<HashMap<u64, Recent>>,
 }
 
 /// One connection's recent notices: (conversation, active, when passed on).
 type Recent = Vec<(u64, bool, Instant)>;
-
-/// Member lists and a counter that tells a list read from an older snapshot of
-/// the store (while a membership changed) not to be cached.
-#[derive(Default)]
-struct MemberCache {
-    lists: HashMap<u64, Arc<[u64]>>,
-    generation: u64,
-}
 
 /// What became of a typing notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +55,7 @@ impl Typing {
     pub fn new(enabled: bool) -> Typing {
         Typing {
             enabled,
-            members: Mutex::default(),
+            members: IdLists::new(MAX_CACHED_CONVS),
             recent: Mutex::default(),
         }
     }
@@ -107,9 +100,7 @@ impl Typing {
 
     /// The membership of `conv` changed: read its members again when needed.
     pub fn members_changed(&self, conv: u64) {
-        let mut cache = lock(&self.members);
-        cache.generation += 1;
-        cache.lists.remove(&conv);
+        self.members.invalidate(&[conv]);
     }
 
     /// A connection ended: forget its recent notices.
@@ -138,24 +129,13 @@ impl Typing {
     }
 
     fn members(&self, store: &Store, conv: u64) -> Result<Arc<[u64]>, StoreError> {
-        let generation = {
-            let cache = lock(&self.members);
-            if let Some(list) = cache.lists.get(&conv) {
-                return Ok(list.clone());
-            }
-            cache.generation
-        };
-        let list: Arc<[u64]> = store.active_member_ids(conv)?.into();
-        let mut cache = lock(&self.members);
         // An empty list is a conversation that does not exist (yet): not
-        // cached, so probing ids cannot fill the cache or hide a new group.
-        if cache.generation == generation && !list.is_empty() {
-            if cache.lists.len() >= MAX_CACHED_CONVS {
-                cache.lists.clear();
-            }
-            cache.lists.insert(conv, list.clone());
-        }
-        Ok(list)
+        // kept, so probing ids cannot fill the cache or hide a new group.
+        self.members.get_or_load(
+            conv,
+            || store.active_member_ids(conv),
+            |list| !list.is_empty(),
+        )
     }
 }
 
