@@ -120,10 +120,7 @@ fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> BackupError
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    epoch_ms(SystemTime::now())
 }
 
 // --- Shared state: one backup at a time, and the schedule's outcome ---------
@@ -1122,32 +1119,40 @@ pub async fn schedule(state: Arc<State>) {
         .map(|t| t + interval)
         .unwrap_or_else(SystemTime::now);
     tracing::info!(dir = %dir.display(), interval_secs = interval.as_secs_f64(), keep = cfg.keep, "scheduled backups on");
+    state.backups.update(|s| s.next = Some(epoch_ms(due)));
     loop {
-        let due_ms = due
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        state.backups.update(|s| s.next = Some(due_ms));
         if let Ok(wait) = due.duration_since(SystemTime::now()) {
             tokio::time::sleep(wait).await;
         }
         let started = std::time::Instant::now();
+        // Each outcome and the next due time are recorded in one update, so
+        // `admin_status` never shows a finished backup beside the old due time.
         match scheduled_backup(&state, &dir).await {
             Ok((path, bytes)) => {
                 tracing::info!(file = %path.display(), bytes, ms = started.elapsed().as_millis() as u64, "backup written");
+                due = SystemTime::now() + interval;
                 state.backups.update(|s| {
                     s.last_success = Some(now_ms());
                     s.last_error = None;
+                    s.next = Some(epoch_ms(due));
                 });
-                due = SystemTime::now() + interval;
             }
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "scheduled backup FAILED");
-                state.backups.update(|s| s.last_error = Some(e.to_string()));
                 due = SystemTime::now() + interval.min(RETRY_AFTER_FAILURE);
+                state.backups.update(|s| {
+                    s.last_error = Some(e.to_string());
+                    s.next = Some(epoch_ms(due));
+                });
             }
         }
     }
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 async fn scheduled_backup(state: &State, dir: &Path) -> Result<(PathBuf, u64), BackupError> {

@@ -586,11 +586,16 @@ async fn the_first_scheduled_backup_is_due_one_interval_after_the_newest() {
     let server = hourly(dir.path(), "a", &old);
     let admin = server.admin().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while backups_in(&old).len() < 2 {
+    // The file appears a moment before the outcome is recorded; wait for both.
+    let status = loop {
+        let status = admin.admin_status().await.unwrap();
+        if status.backup_last_success.is_some() {
+            break status;
+        }
         assert!(tokio::time::Instant::now() < deadline, "no backup at start");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let status = admin.admin_status().await.unwrap();
+    };
+    assert_eq!(backups_in(&old).len(), 2);
     let next = status.backup_next.unwrap() / 1000;
     assert!(next >= now + 3500, "next due {next}, now {now}");
     drop(server);
