@@ -44,9 +44,8 @@ use crate::stream::FrameReader;
 pub const DIR: &str = "attachments";
 /// Bytes read from a stream or a file at a time.
 const CHUNK: usize = 256 * 1024;
-/// An upload untouched for this long is abandoned: deleted with its record.
-pub const ABANDONED_AFTER: Duration = Duration::from_secs(24 * 3600);
-/// Time between garbage collections.
+/// Time between garbage collections (a quarter of `[attachments]
+/// unsent_hours` when that is shorter, so nothing outstays it by much).
 pub const COLLECT_EVERY: Duration = Duration::from_secs(3600);
 /// How long a new upload stream may take to send its header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -419,6 +418,7 @@ pub async fn accept_uploads(state: Arc<State>, conn: quinn::Connection, user: Ar
 
 /// Collects garbage at start, every [`COLLECT_EVERY`], and when asked.
 pub async fn collect_garbage(state: Arc<State>) {
+    let every = COLLECT_EVERY.min(state.config.attachments.unsent_after() / 4);
     loop {
         match collect(&state).await {
             Ok((blobs, uploads)) if blobs + uploads > 0 => {
@@ -428,21 +428,33 @@ pub async fn collect_garbage(state: Arc<State>) {
             Err(e) => tracing::warn!(error = %e, "attachment garbage collection failed"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(COLLECT_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = state.attachments.collect.notified() => {}
         }
     }
 }
 
-/// One garbage collection: deletes blob files the store has no record of,
-/// partial files of uploads it does not know, and uploads untouched for
-/// [`ABANDONED_AFTER`]. Returns (blob files, uploads) deleted.
+/// One garbage collection: forgets files no message carries that were last
+/// uploaded longer than `[attachments] unsent_hours` ago, then deletes blob
+/// files the store has no record of, partial files of uploads it does not
+/// know, and uploads untouched for `unsent_hours`. Returns (blob files,
+/// uploads) deleted.
 pub async fn collect(state: &State) -> Result<(usize, usize), StoreError> {
     let me = &state.attachments;
+    let keep = state.config.attachments.unsent_after();
     // Not while a backup reads blob files: it may hold files whose records
     // were deleted after its snapshot.
     let _no_backup = state.backups.files_unread().await;
+    // Not while an upload is being stored: its file may be on disk before
+    // its record is.
     let _collecting = me.collecting.lock().await;
+    let now = SystemTime::now();
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let before = now_ms.saturating_sub(keep.as_millis() as u64);
+    state.store.write(WriteOp::ExpireUnsent { before }).await?;
     let store = state.store.clone();
     let root = me.root.clone();
     let uploads = store.uploads()?;
@@ -450,7 +462,6 @@ pub async fn collect(state: &State) -> Result<(usize, usize), StoreError> {
     let blobs = tokio::task::spawn_blocking(move || remove_unknown_blobs(&store, &root))
         .await
         .unwrap_or(Ok(0))?;
-    let now = SystemTime::now();
     let mut stale = Vec::new();
     if let Ok(entries) = std::fs::read_dir(me.root.join("partial")) {
         for entry in entries.flatten() {
@@ -467,19 +478,15 @@ pub async fn collect(state: &State) -> Result<(usize, usize), StoreError> {
                 continue;
             }
             let touched = entry.metadata().and_then(|m| m.modified()).unwrap_or(now);
-            if now.duration_since(touched).unwrap_or_default() > ABANDONED_AFTER {
+            if now.duration_since(touched).unwrap_or_default() > keep {
                 stale.push(id);
             }
         }
     }
     // Uploads that never got a byte.
-    let now_ms = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     for (id, created) in &known {
         let age = Duration::from_millis(now_ms.saturating_sub(*created));
-        if age > ABANDONED_AFTER && !me.partial_path(*id).exists() && !stale.contains(id) {
+        if age > keep && !me.partial_path(*id).exists() && !stale.contains(id) {
             stale.push(*id);
         }
     }

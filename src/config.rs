@@ -69,6 +69,10 @@ pub struct AttachmentsConfig {
     pub max_mb: u64,
     /// Most a user may have stored (all their uploads together), in MiB.
     pub quota_mb: u64,
+    /// Hours an uploaded file that no message carries, or an upload that got
+    /// no byte, is kept before it is deleted and stops counting against the
+    /// quota. Long enough for an app to finish the message it uploads for.
+    pub unsent_hours: f64,
 }
 
 impl Default for AttachmentsConfig {
@@ -76,6 +80,7 @@ impl Default for AttachmentsConfig {
         AttachmentsConfig {
             max_mb: 100,
             quota_mb: 1024,
+            unsent_hours: 24.0,
         }
     }
 }
@@ -89,6 +94,11 @@ impl AttachmentsConfig {
     /// The per-user quota in bytes.
     pub fn quota_bytes(&self) -> u64 {
         self.quota_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// How long an unsent file or an idle upload is kept.
+    pub fn unsent_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64((self.unsent_hours * 3600.0).max(1.0))
     }
 }
 
@@ -172,6 +182,8 @@ pub enum ConfigError {
     CertWithoutKey,
     #[error("[backup] {0}")]
     Backup(&'static str),
+    #[error("[attachments] {0}")]
+    Attachments(&'static str),
 }
 
 impl Config {
@@ -200,6 +212,12 @@ impl Config {
         }
         if b.keep == 0 {
             return Err(ConfigError::Backup("keep must be at least 1"));
+        }
+        let a = &self.attachments;
+        if !(a.unsent_hours.is_finite() && a.unsent_hours * 3600.0 >= 1.0) {
+            return Err(ConfigError::Attachments(
+                "unsent_hours must be at least one second (1/3600)",
+            ));
         }
         Ok(())
     }
@@ -233,6 +251,19 @@ mod tests {
         let c: Config = toml::from_str(include_str!("../quince.example.toml")).unwrap();
         assert_eq!(c.power.grace_secs, 120);
         assert!(c.power.sigpwr);
+        assert_eq!(c.attachments.unsent_after().as_secs(), 24 * 3600);
+    }
+
+    #[test]
+    fn unsent_hours_is_at_least_a_second() {
+        let c: Config = toml::from_str("[attachments]\nunsent_hours = 0.001\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.attachments.unsent_after().as_millis(), 3600);
+        for bad in ["0", "0.0001", "-1", "nan"] {
+            let c: Config =
+                toml::from_str(&format!("[attachments]\nunsent_hours = {bad}\n")).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -416,6 +416,12 @@ pub enum WriteOp {
     UploadAbort {
         upload: u64,
     },
+    /// Forget every file last uploaded before `before` (ms since the epoch)
+    /// that no message carries: its quota use goes, and the next garbage
+    /// collection deletes it.
+    ExpireUnsent {
+        before: u64,
+    },
 }
 
 /// What [`WriteOp::Amend`] does to the message.
@@ -2165,6 +2171,7 @@ impl<'t, 'c> Writer<'t, 'c> {
             } => self.upload_begin(*user, *size, sha256, *quota, *now),
             WriteOp::UploadDone { user, upload, now } => self.upload_done(*user, *upload, *now),
             WriteOp::UploadAbort { upload } => self.upload_abort(*upload),
+            WriteOp::ExpireUnsent { before } => self.expire_unsent(*before),
         }
     }
 

@@ -571,6 +571,91 @@ async fn a_wrong_checksum_or_too_many_bytes_is_refused_and_leaves_nothing() {
 }
 
 #[tokio::test]
+async fn unsent_files_and_idle_uploads_expire_and_free_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // 0.002 hours is 7.2 s: long enough to send what was just uploaded.
+    let server = TestServer::start_configured(
+        dir.path(),
+        "[attachments]\nmax_mb = 1\nquota_mb = 1\nunsent_hours = 0.002\n",
+    );
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let sent = content(400_000, 21);
+    let sent_id = alice
+        .upload(&file(work.path(), "sent", &sent), |_, _| {})
+        .await
+        .unwrap()
+        .id;
+    send_attachment(&alice, Target::User("bob".into()), &sent_id, "sent", "kept")
+        .await
+        .unwrap();
+    let unsent = content(400_000, 22);
+    let unsent_id = alice
+        .upload(&file(work.path(), "unsent", &unsent), |_, _| {})
+        .await
+        .unwrap()
+        .id;
+    // An upload that got half its bytes and then nothing more.
+    let idle = content(200_000, 23);
+    let slot = alice
+        .upload_begin(idle.len() as u64, &sha256(&idle))
+        .await
+        .unwrap();
+    alice
+        .upload_stream(slot.upload, 0, &idle[..100_000], |_| {})
+        .await
+        .unwrap();
+    // 400 + 400 + 200 KB of the 1 MiB quota are in use.
+    let more = content(300_000, 24);
+    let more_path = file(work.path(), "more", &more);
+    assert_eq!(
+        transfer_code(alice.upload(&more_path, |_, _| {}).await),
+        ErrorCode::QuotaExceeded
+    );
+    assert_eq!(blobs(&server).len(), 2);
+
+    // The unsent file and the idle upload go; the sent file stays.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blobs(&server).len() != 1 || !partials(&server).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "not collected: {:?} {:?}",
+            blobs(&server),
+            partials(&server)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(blobs(&server)[0].ends_with(&sent_id));
+    assert_eq!(
+        refused(
+            send_attachment(
+                &alice,
+                Target::User("bob".into()),
+                &unsent_id,
+                "unsent",
+                "late"
+            )
+            .await
+        ),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        refused(alice.upload_finish(slot.upload).await),
+        ErrorCode::NotFound
+    );
+    let fetched = work.path().join("fetched");
+    bob.download(&sent_id, &fetched, |_, _| {}).await.unwrap();
+    assert_eq!(std::fs::read(&fetched).unwrap(), sent);
+    // Their quota is free again.
+    assert_eq!(
+        alice.upload(&more_path, |_, _| {}).await.unwrap().id,
+        sha256(&more)
+    );
+}
+
+#[tokio::test]
 async fn files_without_a_record_are_collected_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -47,6 +47,8 @@ pub struct UploadRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlobRecord {
     pub size: u64,
+    /// When it was last uploaded (ms since the epoch): a file no message
+    /// carries is kept for `[attachments] unsent_hours` after that.
     pub created: u64,
 }
 
@@ -326,13 +328,13 @@ impl Writer<'_, '_> {
         self.att
             .upload_index
             .remove(k40(&user.to_be_bytes(), &sha))?;
-        if self.att.blobs.get(sha)?.is_none() {
-            let blob = BlobRecord {
-                size: rec.size,
-                created: now,
-            };
-            self.att.blobs.insert(sha, enc(&blob).as_slice())?;
-        }
+        // A new upload of a stored file restarts its unsent time: the
+        // uploader is about to send it.
+        let blob = BlobRecord {
+            size: rec.size,
+            created: now,
+        };
+        self.att.blobs.insert(sha, enc(&blob).as_slice())?;
         self.att
             .blob_owners
             .insert(k40(&sha, &user.to_be_bytes()), ())?;
@@ -420,18 +422,43 @@ impl Writer<'_, '_> {
         if self.att.refs.range(refs_of(&sha))?.next().is_some() {
             return Ok(());
         }
+        self.forget_blob(&sha)
+    }
+
+    /// `ExpireUnsent`: forgets the files last uploaded before `before` that
+    /// no message carries. Checked and removed in one transaction, so a
+    /// `send` naming such a file either commits first (and keeps it) or is
+    /// refused `not_found`.
+    pub(super) fn expire_unsent(&mut self, before: u64) -> Result<WriteOutcome, StoreError> {
+        let mut old = Vec::new();
+        for entry in self.att.blobs.iter()? {
+            let (sha, v) = entry?;
+            if dec::<BlobRecord>("blobs", v.value())?.created < before {
+                old.push(sha.value());
+            }
+        }
+        for sha in old {
+            if self.att.refs.range(refs_of(&sha))?.next().is_none() {
+                self.forget_blob(&sha)?;
+            }
+        }
+        Ok(WriteOutcome::Done)
+    }
+
+    /// Removes a file's record, its owners and every uploader's quota use of it.
+    fn forget_blob(&mut self, sha: &[u8; 32]) -> Result<(), StoreError> {
         self.att.blobs.remove(sha)?;
         let mut owners = Vec::new();
         for entry in self
             .att
             .blob_owners
-            .range(k40(&sha, &[0; 8])..=k40(&sha, &[0xff; 8]))?
+            .range(k40(sha, &[0; 8])..=k40(sha, &[0xff; 8]))?
         {
             owners.push(entry?.0.value());
         }
         for key in owners {
             self.att.blob_owners.remove(key)?;
-            self.att.user_blobs.remove(k40(&key[32..], &sha))?;
+            self.att.user_blobs.remove(k40(&key[32..], sha))?;
         }
         Ok(())
     }
