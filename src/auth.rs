@@ -138,12 +138,17 @@ impl Throttle {
         Ok(())
     }
 
-    /// Counts a failure against a watched key.
-    pub fn fail(&self, key: ThrottleKey) {
-        record(
-            &mut self.entries.lock().unwrap_or_else(|e| e.into_inner()),
-            key,
-        );
+    /// An attempt failed: counts it against the watched key, and restarts
+    /// the counted keys' wait from now, so that the wait runs from the
+    /// failure (as documented) and not from when a slow check began.
+    pub fn fail(&self, counted: &[ThrottleKey], watched: ThrottleKey) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for key in counted {
+            if let Some(f) = entries.get_mut(key) {
+                f.last = Instant::now();
+            }
+        }
+        record(&mut entries, watched);
     }
 
     /// Clears a key's failures after a good login.
@@ -197,6 +202,12 @@ mod tests {
             assert!(t.attempt(std::slice::from_ref(&k), &[]).is_ok());
         }
         assert!(t.attempt(std::slice::from_ref(&k), &[]).is_err());
+        // A failure restarts the wait: a second later, still waiting.
+        let addr = ThrottleKey::Addr(std::net::Ipv4Addr::LOCALHOST.into());
+        let before = t.attempt(&[], std::slice::from_ref(&k)).unwrap_err();
+        t.fail(std::slice::from_ref(&k), addr);
+        let after = t.attempt(&[], std::slice::from_ref(&k)).unwrap_err();
+        assert!(after >= before, "{before:?} then {after:?}");
         t.succeed(&k);
         assert!(t.attempt(std::slice::from_ref(&k), &[]).is_ok());
     }

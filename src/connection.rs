@@ -387,7 +387,7 @@ impl Connection {
                     Some(found) if good => found,
                     _ => {
                         tracing::info!(remote = %self.remote, user = username, "failed login");
-                        self.state.throttle.fail(addr_key);
+                        self.state.throttle.fail(&counted, addr_key);
                         return refuse(ErrorCode::InvalidCredentials, "wrong username or password");
                     }
                 };

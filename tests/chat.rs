@@ -74,7 +74,7 @@ async fn offline_user_gets_messages_on_next_connect() {
     let again = server.connect().await;
     again.resume(&token).await.unwrap();
     let mut synced = again.sync().await.unwrap();
-    for _ in 0..50 {
+    for _ in 0..200 {
         if synced.conversations.is_empty() {
             break;
         }

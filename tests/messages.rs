@@ -242,22 +242,27 @@ async fn replies_edits_reactions_and_recalls_reach_every_device_and_the_store() 
 async fn edit_and_recall_windows_and_moderators() {
     let dir = tempfile::tempdir().unwrap();
     let server =
-        TestServer::start_configured(dir.path(), "edit_window_secs = 2\nrecall_window_secs = 1\n");
+        TestServer::start_configured(dir.path(), "edit_window_secs = 6\nrecall_window_secs = 1\n");
     let admin = server.admin().await;
     let alice = server.user(&admin, "alice").await;
     let bob = server.user(&admin, "bob").await;
     let carol = server.user(&admin, "carol").await;
     let conv = alice.group_create("club", &["bob", "carol"]).await.unwrap();
-    let seq = bob
+    let sent = bob
         .send(Target::Conv(conv), "soon too late", None)
         .await
-        .unwrap()
-        .seq;
+        .unwrap();
+    let seq = sent.seq;
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    // Past the recall window, inside the edit window.
+    // Past the recall window, inside the edit window (with seconds to spare
+    // for a loaded machine).
     assert_eq!(refused(bob.recall(conv, seq).await), ErrorCode::TooLate);
     bob.edit(conv, seq, "edited in time").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Until just past the edit window, counted from the message's time.
+    let sent_at = std::time::UNIX_EPOCH + Duration::from_millis(sent.ts + 6_300);
+    if let Ok(left) = sent_at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
     assert_eq!(
         refused(bob.edit(conv, seq, "too late").await),
         ErrorCode::TooLate

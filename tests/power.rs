@@ -92,7 +92,9 @@ async fn nut_on_battery_warns_power_back_cancels_low_battery_shuts_down() {
     let addr = ups.lock().unwrap().addr;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let grace = 4;
+    // Long enough for two NUT polls (2 s apart) after the test switches the
+    // mains back, on a loaded machine.
+    let grace = 10;
     let mut server = TestServer::start_configured(
         &dir,
         &format!(
