@@ -1,7 +1,7 @@
 //! Presence and typing indicators, over real QUIC against the real server:
 //! aggregate state over a user's devices, who hears about it (contacts only),
-//! typing to the other members only, nothing stored, the config switches,
-//! and the command line.
+//! new contacts told each other's state, typing to the other members only,
+//! nothing stored, the config switches, and the command line.
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -35,11 +35,33 @@ async fn next_presence(events: &mut broadcast::Receiver<Event>) -> PresenceInfo 
     }
 }
 
+/// The next typing event (presence events, such as new contacts being
+/// introduced, are skipped).
 async fn next_typing(events: &mut broadcast::Receiver<Event>) -> TypingNotice {
-    match next_event(events).await {
-        Event::Typing(t) => t,
-        other => panic!("expected a typing event, got {other:?}"),
+    loop {
+        if let Event::Typing(t) = next_event(events).await {
+            return t;
+        }
     }
+}
+
+/// The next `n` presence events as (user, state), sorted by user: for events
+/// that have no defined order between them (those of one membership change).
+async fn presences(
+    events: &mut broadcast::Receiver<Event>,
+    n: usize,
+) -> Vec<(String, PresenceState)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let p = next_presence(events).await;
+        got.push((p.user, p.state));
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    got
+}
+
+fn pairs(list: &[(&str, PresenceState)]) -> Vec<(String, PresenceState)> {
+    list.iter().map(|(u, s)| (u.to_string(), *s)).collect()
 }
 
 /// Asserts that no presence or typing event is queued now.
@@ -71,6 +93,12 @@ async fn presence_follows_every_device_of_a_contact() {
     let _inbox = alice.subscribe().await.unwrap();
     let mut stranger = carol.events();
     let _carol_inbox = carol.subscribe().await.unwrap();
+
+    // The first message made them contacts: alice was told bob is online.
+    assert_eq!(
+        state(&next_presence(&mut seen).await),
+        ("bob", PresenceState::Online)
+    );
 
     // Bob's only device leaves: offline, with when.
     bob.close().await;
@@ -143,6 +171,11 @@ async fn a_quick_reconnect_is_not_announced() {
         .unwrap();
     let mut seen = alice.events();
     let _inbox = alice.subscribe().await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut seen).await),
+        ("bob", PresenceState::Online),
+        "the first message introduced bob"
+    );
 
     // Bob's app restarts: its connection goes and a new one comes at once.
     let left = std::time::Instant::now();
@@ -175,8 +208,15 @@ async fn contacts_follow_group_membership() {
     // No shared conversation yet: nobody is listed.
     assert!(alice.presence().await.unwrap().users.is_empty());
 
-    // A group makes bob and carol alice's contacts.
+    // A group makes bob and carol alice's contacts; alice is told they are online.
     let conv = alice.group_create("trio", &["bob", "carol"]).await.unwrap();
+    assert_eq!(
+        presences(&mut seen, 2).await,
+        pairs(&[
+            ("bob", PresenceState::Online),
+            ("carol", PresenceState::Online)
+        ])
+    );
     bob.set_presence(PresenceState::Away).await.unwrap();
     assert_eq!(
         state(&next_presence(&mut seen).await),
@@ -287,8 +327,9 @@ async fn typing_reaches_other_members_only_and_is_not_stored() {
     let direct = listed.iter().find(|c| c.conv == conv).unwrap();
     assert_eq!(direct.last_seq, 1);
 
-    // Carol, no contact of bob's, heard no presence or typing about bob:
-    // her first event is alice typing in a conversation they now share.
+    // Carol, no contact of bob's until the group, heard no typing about bob:
+    // her first typing event is alice typing in a conversation they now
+    // share. The group and that conversation introduced alice and bob to her.
     let with_carol = alice
         .send(Target::User("carol".into()), "hi carol", None)
         .await
@@ -302,6 +343,8 @@ async fn typing_reaches_other_members_only_and_is_not_stored() {
                 break;
             }
             Event::Typing(t) if t.conv == group => {} // her own group, before she left
+            Event::Presence(p)
+                if p.state == PresenceState::Online && ["alice", "bob"].contains(&&*p.user) => {}
             other => panic!("carol heard something not meant for her: {other:?}"),
         }
     }
