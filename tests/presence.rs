@@ -247,6 +247,277 @@ async fn contacts_follow_group_membership() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_message_introduces_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let carol = server.user(&admin, "carol").await;
+    let mut at_alice = alice.events();
+    let _a = alice.subscribe().await.unwrap();
+    let mut at_bob = bob.events();
+    let mut bob_inbox = bob.subscribe().await.unwrap();
+    let mut at_carol = carol.events();
+    let _c = carol.subscribe().await.unwrap();
+    assert!(alice.presence().await.unwrap().users.is_empty());
+
+    // The first message makes them contacts: each is told the other is
+    // online (before or after the message itself: their order is not defined).
+    alice
+        .send(Target::User("bob".into()), "hi bob", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("alice", PresenceState::Online)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Online)
+    );
+    assert_eq!(text(&next(&mut bob_inbox).await), "hi bob");
+
+    // Only the first message introduces: after a second one, the next thing
+    // each hears is the other's own change.
+    alice
+        .send(Target::User("bob".into()), "again", None)
+        .await
+        .unwrap();
+    assert_eq!(text(&next(&mut bob_inbox).await), "again");
+    bob.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Away)
+    );
+    alice.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("alice", PresenceState::Away)
+    );
+
+    // Carol, no party to it, heard nothing of it: the first presence she
+    // hears is alice's, when alice writes to her (alice is away by now).
+    alice
+        .send(Target::User("carol".into()), "hi carol", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_carol).await),
+        ("alice", PresenceState::Away)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("carol", PresenceState::Online)
+    );
+    none_queued(&mut at_alice, "alice");
+    none_queued(&mut at_bob, "bob");
+    none_queued(&mut at_carol, "carol");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_to_a_group_and_the_members_are_introduced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let carol = server.user(&admin, "carol").await;
+    let mut at_alice = alice.events();
+    let _a = alice.subscribe().await.unwrap();
+    let mut at_bob = bob.events();
+    let _b = bob.subscribe().await.unwrap();
+    let mut at_carol = carol.events();
+    let _c = carol.subscribe().await.unwrap();
+
+    // A group of two introduces its members to each other.
+    let conv = alice.group_create("pair", &["bob"]).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Online)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("alice", PresenceState::Online)
+    );
+
+    // Carol, away, is added: the members hear she is away, she hears they
+    // are online.
+    carol.set_presence(PresenceState::Away).await.unwrap();
+    alice.group_add(conv, "carol").await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("carol", PresenceState::Away)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("carol", PresenceState::Away)
+    );
+    assert_eq!(
+        presences(&mut at_carol, 2).await,
+        pairs(&[
+            ("alice", PresenceState::Online),
+            ("bob", PresenceState::Online)
+        ])
+    );
+    // What was pushed is what `presence` says.
+    let listed: Vec<_> = carol.presence().await.unwrap().users;
+    let listed: Vec<_> = listed.iter().map(state).collect();
+    assert_eq!(
+        listed,
+        [
+            ("alice", PresenceState::Online),
+            ("bob", PresenceState::Online)
+        ]
+    );
+
+    // Each was introduced once: the next thing anyone hears is a change.
+    carol.set_presence(PresenceState::Online).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("carol", PresenceState::Online)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("carol", PresenceState::Online)
+    );
+    bob.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_carol).await),
+        ("bob", PresenceState::Away)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Away)
+    );
+
+    // Leaving makes no new contacts: nothing is pushed (the next thing
+    // alice hears is bob's change after it).
+    carol.group_leave(conv).await.unwrap();
+    bob.set_presence(PresenceState::Online).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Online)
+    );
+    none_queued(&mut at_alice, "alice");
+    none_queued(&mut at_bob, "bob");
+    none_queued(&mut at_carol, "carol");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_member_added_is_announced_to_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let dave = server.user(&admin, "dave").await;
+    let mut at_admin = admin.events();
+    let _d = admin.subscribe().await.unwrap();
+    let mut at_alice = alice.events();
+    let _a = alice.subscribe().await.unwrap();
+    let mut at_bob = bob.events();
+    let _b = bob.subscribe().await.unwrap();
+
+    // Dave leaves; once the admin, his contact, hears he is offline, his
+    // contacts were told and he is offline for good.
+    admin
+        .send(Target::User("dave".into()), "welcome", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_admin).await),
+        ("dave", PresenceState::Online)
+    );
+    dave.close().await;
+    assert_eq!(
+        state(&next_presence(&mut at_admin).await),
+        ("dave", PresenceState::Offline)
+    );
+
+    let conv = alice.group_create("pair", &["bob"]).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Online)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("alice", PresenceState::Online)
+    );
+
+    // Dave is added while offline: nobody hears of it. Events to a device
+    // keep their order, so the next thing alice and bob hear is each
+    // other's change after it, not dave.
+    alice.group_add(conv, "dave").await.unwrap();
+    bob.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Away)
+    );
+    alice.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("alice", PresenceState::Away)
+    );
+    none_queued(&mut at_admin, "admin");
+
+    // Dave is their contact all the same: listed offline, and his return is
+    // announced like any change.
+    let listed = alice.presence().await.unwrap().users;
+    let listed: Vec<_> = listed.iter().map(state).collect();
+    assert_eq!(
+        listed,
+        [
+            ("bob", PresenceState::Away),
+            ("dave", PresenceState::Offline)
+        ]
+    );
+    let _phone = server.login("dave", "phone").await;
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("dave", PresenceState::Online)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("dave", PresenceState::Online)
+    );
+    none_queued(&mut at_alice, "alice");
+    none_queued(&mut at_bob, "bob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_just_after_leaving_is_online_until_the_grace_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let dave = server.user(&admin, "dave").await;
+    let mut at_alice = alice.events();
+    let _a = alice.subscribe().await.unwrap();
+    let conv = alice.group_create("solo", &[]).await.unwrap();
+
+    // Dave's last device leaves and he is added at once: his other contacts
+    // (none here) would still think him online, so alice is told that too,
+    // and hears he is offline when the grace ends, like everyone else.
+    let left = std::time::Instant::now();
+    dave.close().await;
+    alice.group_add(conv, "dave").await.unwrap();
+    if left.elapsed() < quince::presence::OFFLINE_GRACE / 2 {
+        assert_eq!(
+            state(&next_presence(&mut at_alice).await),
+            ("dave", PresenceState::Online)
+        );
+        let p = next_presence(&mut at_alice).await;
+        assert_eq!(state(&p), ("dave", PresenceState::Offline));
+        assert!(p.last_seen.is_some());
+    }
+    // (A machine too slow to add him within the grace announces nothing.)
+    let listed = alice.presence().await.unwrap().users;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(state(&listed[0]), ("dave", PresenceState::Offline));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_other_members_only_and_is_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path());
