@@ -931,21 +931,28 @@ fn ephemeral(state: &State, auth: &Auth, id: u64, request: &Request) -> Option<R
 
 /// Presence and typing keep member lists in memory: a committed change of
 /// membership (a group made, joined, left or shrunk, a direct conversation
-/// started by its first message) invalidates the lists of everyone involved.
+/// started by its first message) invalidates the lists of everyone involved,
+/// and presence introduces those who joined to the other members and the
+/// other members to them (docs/PROTOCOL.md §7.6).
 fn memberships_changed(state: &State, request: &Request, outcome: &WriteOutcome) {
-    let (users, conv): (&[u64], u64) = match (request, outcome) {
+    let (members, joined, conv): (&[u64], &[u64], u64) = match (request, outcome) {
         (
             Request::GroupCreate { .. },
             WriteOutcome::Group {
                 recipients, conv, ..
             },
-        ) => (recipients, *conv),
+        ) => (recipients, recipients, *conv),
+        (Request::GroupAdd { conv, .. }, WriteOutcome::Message { recipients, .. }) => {
+            // The store lists the added member last, after the existing members.
+            let joined = recipients
+                .split_last()
+                .map_or(&[][..], |(added, _)| std::slice::from_ref(added));
+            (recipients, joined, *conv)
+        }
         (
-            Request::GroupAdd { conv, .. }
-            | Request::GroupRemove { conv, .. }
-            | Request::GroupLeave { conv },
+            Request::GroupRemove { conv, .. } | Request::GroupLeave { conv },
             WriteOutcome::Message { recipients, .. },
-        ) => (recipients, *conv),
+        ) => (recipients, &[], *conv),
         (
             Request::Send { .. },
             WriteOutcome::Message {
@@ -953,10 +960,12 @@ fn memberships_changed(state: &State, request: &Request, outcome: &WriteOutcome)
                 recipients,
                 ..
             },
-        ) if m.seq == 1 => (recipients, m.conv),
+        ) if m.seq == 1 => (recipients, recipients, m.conv),
         _ => return,
     };
-    state.presence.memberships_changed(users);
+    state
+        .presence
+        .memberships_changed(&state.hub, members, joined);
     state.typing.members_changed(conv);
 }
 

@@ -58,6 +58,12 @@ impl IdLists {
         Ok(list)
     }
 
+    /// Bumped by every invalidation: a list handed out while it had another
+    /// value may miss a membership change that came since.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
     /// The lists of `keys` are out of date (a membership changed).
     pub fn invalidate(&self, keys: &[u64]) {
         let mut inner = self.lock();
@@ -88,7 +94,9 @@ mod tests {
         // Kept: the loader is not called again.
         let again = lists.get_or_load(1, || panic!("read again"), |_| true);
         assert_eq!(again.unwrap(), a);
+        let before = lists.generation();
         lists.invalidate(&[1]);
+        assert_ne!(lists.generation(), before);
         // A read that an invalidation overtakes is answered but not kept.
         let raced = lists.get_or_load(
             1,

@@ -13,6 +13,27 @@
 //! the user's last device disconnected; it is kept in memory, so for users not
 //! seen since the server started it is unknown (absent).
 //!
+//! # New contacts
+//! When a membership change makes users contacts (a direct conversation's
+//! first message, a group created, a member added), the server *introduces*
+//! them instead of leaving every client to ask `presence` again: each user
+//! who joined and is online or away is announced to the conversation's other
+//! members, and each other member who is online or away to those who joined.
+//! `offline` is never sent: it is what a client assumes of a contact it has
+//! heard nothing about. Removals and leaves make no new contacts and send
+//! nothing. Someone who already was a contact through another conversation
+//! may be introduced again; the event repeats what they were told.
+//!
+//! An introduction carries the state the user's contacts were last told
+//! (`announced`), not the live one, so new and old contacts stay in step
+//! during [`OFFLINE_GRACE`]: a user whose last device has just left is still
+//! `online` to their contacts, so a new contact is told `online` too, and
+//! all of them hear `offline` together once the grace ends (or nothing, if
+//! the user is back in time). A change made while a membership changes
+//! cannot leave a new contact with an older state: changes and introductions
+//! are queued under one lock, and a change whose contact list was read before
+//! an invalidation reads it again under that lock (see `contacts_and_users`).
+//!
 //! # Cost
 //! Presence servers are known CPU sinks on small boards when every change is
 //! matched against every user's subscriptions (users × contacts per change).
@@ -27,7 +48,14 @@
 //!   (one hash lookup each in the hub), never with a store read per contact;
 //! - flapping is coalesced: contacts hear that a user went offline only after
 //!   [`OFFLINE_GRACE`], so an app that reconnects (a restart, a network
-//!   change) within it costs its contacts nothing.
+//!   change) within it costs its contacts nothing;
+//! - an introduction encodes one event per user involved who is online or
+//!   away, and is skipped (clients ask `presence`) when the users who joined
+//!   times the members exceed [`MAX_INTRODUCTION_PAIRS`] or the conversation
+//!   has more than [`MAX_INTRODUCTION_MEMBERS`] members: a 500-member group
+//!   created in one request would otherwise queue 250 000 events, and one
+//!   user added to a large group would get an event per member, enough to
+//!   overflow their device's event queue.
 //!
 //! A contact list holds user ids only (8 bytes a contact: a 500-member group
 //! with everyone online is 2 MB of lists). Names, needed only to answer
@@ -35,12 +63,12 @@
 //! change, so that map is never invalidated.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::hub::Hub;
+use crate::hub::{self, Hub};
 use crate::id_lists::IdLists;
 use crate::protocol::{self, Event, PresenceInfo, PresenceList, PresenceState};
 use crate::server::State;
@@ -50,12 +78,28 @@ use crate::store::{Store, StoreError};
 /// their contacts are told they are offline.
 pub const OFFLINE_GRACE: Duration = Duration::from_secs(2);
 
+/// A membership change whose users who joined times members (all of them,
+/// old and new) exceed this introduces nobody, and clients ask `presence`
+/// (one request each) instead: the events of a group created at once grow
+/// with the square of its size. A group created with up to 64 members is
+/// introduced; so is one member added to any group within
+/// [`MAX_INTRODUCTION_MEMBERS`].
+pub const MAX_INTRODUCTION_PAIRS: usize = 4096;
+
+/// A membership change in a conversation with more members than this
+/// introduces nobody: one user added would be sent an event per member, and
+/// a quarter of a device's event queue is as much as one request may fill
+/// (a device whose queue is full is disconnected).
+pub const MAX_INTRODUCTION_MEMBERS: usize = hub::EVENT_QUEUE / 4;
+
 /// No real device has this id: presence events go to every device of a contact.
 const NO_DEVICE: u64 = u64::MAX;
 
 /// One user's connections and when they last left.
 #[derive(Default)]
 struct UserPresence {
+    /// The username, for introductions (which start from a user id).
+    name: String,
     /// Each logged-in connection (its hub id) and what it said it is.
     conns: Vec<(u64, PresenceState)>,
     /// When the last connection went away (ms since the epoch).
@@ -88,10 +132,13 @@ impl UserPresence {
     }
 }
 
+/// Presence of the users seen since the server started, by user id.
+type Users = HashMap<u64, UserPresence>;
+
 /// Everything the server knows about presence.
 pub struct Presence {
     enabled: bool,
-    users: Mutex<HashMap<u64, UserPresence>>,
+    users: Mutex<Users>,
     contacts: IdLists,
     /// Names of users that were someone's contact (for `presence` answers).
     names: Mutex<HashMap<u64, Arc<str>>>,
@@ -159,8 +206,7 @@ impl Presence {
     /// departure number `departure`; their contact list is then dropped (lists
     /// are kept for connected users only, not for every user ever seen).
     fn settle(&self, store: &Store, hub: &Hub, user: u64, name: &str, departure: u64) {
-        let contacts = self.contacts(store, user);
-        let mut users = lock(&self.users);
+        let (contacts, mut users) = self.contacts_and_users(store, user);
         let Some(p) = users.get_mut(&user) else {
             return;
         };
@@ -225,14 +271,33 @@ impl Presence {
             .collect())
     }
 
-    /// Memberships of these users changed (a group was made, joined or left,
-    /// a direct conversation started): their contact lists are rebuilt when
-    /// next needed.
-    pub fn memberships_changed(&self, users: &[u64]) {
+    /// A committed membership change (a group made, joined or left, a direct
+    /// conversation started): the contact lists of `members` (everyone whose
+    /// contacts changed) are rebuilt when next needed, and `joined` (those of
+    /// them who just became members) are introduced to the others, and the
+    /// others to them, within the limits (see the module docs).
+    pub fn memberships_changed(&self, hub: &Hub, members: &[u64], joined: &[u64]) {
         if !self.enabled {
             return;
         }
-        self.contacts.invalidate(users);
+        // Before the introductions: a change racing them then reads the new list.
+        self.contacts.invalidate(members);
+        if !worth_introducing(joined.len(), members.len()) {
+            return;
+        }
+        // Queued while the lock is held, like changes, so they keep their order.
+        let users = lock(&self.users);
+        for &user in joined {
+            if let Some(frame) = introduction(&users, user) {
+                let others: Vec<u64> = members.iter().copied().filter(|&m| m != user).collect();
+                hub.deliver(&others, NO_DEVICE, frame);
+            }
+        }
+        for &user in members.iter().filter(|m| !joined.contains(m)) {
+            if let Some(frame) = introduction(&users, user) {
+                hub.deliver(joined, NO_DEVICE, frame);
+            }
+        }
     }
 
     /// Applies `change` to a user's connections and, if the user's aggregate
@@ -250,10 +315,11 @@ impl Presence {
         if !self.enabled {
             return None;
         }
-        // Fetched before the lock (it may read the store); almost always cached.
-        let contacts = self.contacts(store, user);
-        let mut users = lock(&self.users);
+        let (contacts, mut users) = self.contacts_and_users(store, user);
         let p = users.entry(user).or_default();
+        if p.name.is_empty() {
+            p.name = name.to_string();
+        }
         let was = p.state();
         change(p);
         let now = p.state();
@@ -276,6 +342,27 @@ impl Presence {
             }
         }
         None
+    }
+
+    /// The user's contact list and the lock on every user's presence, the
+    /// list current for as long as the lock is held. The list is read before
+    /// the lock (it may read the store; it is almost always cached). If a
+    /// membership changed meanwhile, that change's introductions may already
+    /// have told a new contact the user's state; a change announced to the
+    /// older list would then never reach them, so the list is read again,
+    /// under the lock, which the introductions of any later change wait for.
+    fn contacts_and_users(
+        &self,
+        store: &Store,
+        user: u64,
+    ) -> (Result<Arc<[u64]>, StoreError>, MutexGuard<'_, Users>) {
+        let generation = self.contacts.generation();
+        let contacts = self.contacts(store, user);
+        let users = lock(&self.users);
+        if self.contacts.generation() == generation {
+            return (contacts, users);
+        }
+        (self.contacts(store, user), users)
     }
 
     /// The user's contact list, from the cache or built from the store.
@@ -304,13 +391,37 @@ pub fn disconnected(state: &Arc<State>, user: u64, name: &str, conn: u64) {
     });
 }
 
+/// Whether a change by which `joined` users joined a conversation of
+/// `members` members (those who joined included) is small enough for them
+/// to be introduced (see [`MAX_INTRODUCTION_PAIRS`], [`MAX_INTRODUCTION_MEMBERS`]).
+fn worth_introducing(joined: usize, members: usize) -> bool {
+    joined > 0
+        && members <= MAX_INTRODUCTION_MEMBERS
+        && joined.saturating_mul(members) <= MAX_INTRODUCTION_PAIRS
+}
+
+/// The event that introduces `user` to new contacts: the state their
+/// contacts were last told, unless that is `offline` (or nothing was).
+fn introduction(users: &Users, user: u64) -> Option<Bytes> {
+    let p = users.get(&user)?;
+    if p.announced == PresenceState::Offline {
+        return None;
+    }
+    let info = PresenceInfo {
+        user: p.name.clone(),
+        state: p.announced,
+        last_seen: None,
+    };
+    Some(Bytes::from(protocol::encode_event(&Event::Presence(info))))
+}
+
 /// Queues one `presence` event for every online device of `contacts`.
 fn announce(hub: &Hub, contacts: &[u64], info: PresenceInfo) {
     let frame = Bytes::from(protocol::encode_event(&Event::Presence(info)));
     hub.deliver(contacts, NO_DEVICE, frame);
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -324,6 +435,49 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn introductions_stay_within_the_limits() {
+        // A direct conversation; groups created with 64 and 65 members.
+        assert!(worth_introducing(2, 2));
+        assert!(worth_introducing(64, 64));
+        assert!(!worth_introducing(65, 65));
+        assert!(!worth_introducing(500, 500));
+        // One member added to groups of 128 and 129 (after the addition).
+        assert!(worth_introducing(1, 128));
+        assert!(!worth_introducing(1, 129));
+        // A removal or a leave: nobody joined.
+        assert!(!worth_introducing(0, 10));
+    }
+
+    #[test]
+    fn introductions_tell_the_announced_state_and_never_offline() {
+        let mut users = Users::new();
+        assert_eq!(introduction(&users, 1), None);
+        let p = users.entry(1).or_default();
+        p.name = "dave".into();
+        p.conns.push((7, PresenceState::Away));
+        // Connected, but nothing announced yet: not introduced.
+        assert_eq!(introduction(&users, 1), None);
+        let p = users.entry(1).or_default();
+        p.announced = PresenceState::Away;
+        let away = Event::Presence(PresenceInfo {
+            user: "dave".into(),
+            state: PresenceState::Away,
+            last_seen: None,
+        });
+        let frame = introduction(&users, 1).expect("introduced");
+        assert_eq!(&frame[..], &protocol::encode_event(&away)[..]);
+        // Gone, within the grace: still introduced as what contacts were told.
+        let p = users.entry(1).or_default();
+        p.conns.clear();
+        p.last_seen = Some(5);
+        let frame = introduction(&users, 1).expect("introduced within the grace");
+        assert_eq!(&frame[..], &protocol::encode_event(&away)[..]);
+        // Announced offline: not introduced.
+        users.entry(1).or_default().announced = PresenceState::Offline;
+        assert_eq!(introduction(&users, 1), None);
+    }
 
     #[test]
     fn aggregate_state_follows_the_devices() {

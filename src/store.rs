@@ -2017,6 +2017,8 @@ impl<'t, 'c> Writer<'t, 'c> {
                 };
                 let message =
                     self.append(*conv, &mut rec, [0; MID_LEN], username, *device, *now, body)?;
+                // Last: presence tells the added member from the existing
+                // ones by this (connection::memberships_changed).
                 recipients.push(member_id);
                 Ok(WriteOutcome::Message {
                     ack: ack_of(&message, false),

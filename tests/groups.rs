@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use common::*;
 use quince::client::{Client, Trust};
-use quince::protocol::{Body, ConvKind, ErrorCode, GroupRole, Message, Role, Target};
-use tokio::sync::mpsc;
+use quince::protocol::{
+    Body, ConvKind, ErrorCode, Event, GroupRole, Message, PresenceInfo, PresenceState, Role, Target,
+};
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 
 /// Client endpoints (UDP sockets) the many members of a big group share, as
@@ -56,6 +58,19 @@ async fn all_quiet(inboxes: &mut [mpsc::Receiver<Message>], wait: Duration) {
     }
 }
 
+/// The next presence event (other events are skipped), failing after 10 s.
+async fn next_presence(events: &mut broadcast::Receiver<Event>) -> PresenceInfo {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("no event missed");
+        if let Event::Presence(p) = event {
+            return p;
+        }
+    }
+}
+
 fn seqs(messages: &[Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
 }
@@ -69,6 +84,8 @@ async fn five_hundred_member_group_gets_one_message_on_every_connection() {
     let names: Vec<String> = (0..499).map(|i| format!("member{i:03}")).collect();
     let clients = members(&server, &admin, &names).await;
     assert_eq!(clients.len(), 499);
+    let mut owner_events = owner.events();
+    let mut member_events = clients[1].events();
     let mut owner_in = owner.subscribe().await.unwrap();
     let mut inboxes = Vec::new();
     for c in &clients {
@@ -98,6 +115,18 @@ async fn five_hundred_member_group_gets_one_message_on_every_connection() {
             Body::GroupCreated {
                 name: "five hundred".into()
             }
+        );
+    }
+    // Too big for its members to be told each other's presence (that would
+    // be 250 000 events; docs/PROTOCOL.md §7.6): events to a device keep
+    // their order, so the first presence event the owner and a member hear
+    // is a change made after the group was created.
+    clients[0].set_presence(PresenceState::Away).await.unwrap();
+    for events in [&mut owner_events, &mut member_events] {
+        let p = next_presence(events).await;
+        assert_eq!(
+            (p.user.as_str(), p.state),
+            ("member000", PresenceState::Away)
         );
     }
 

@@ -1,7 +1,7 @@
 //! Presence and typing indicators, over real QUIC against the real server:
 //! aggregate state over a user's devices, who hears about it (contacts only),
-//! typing to the other members only, nothing stored, the config switches,
-//! and the command line.
+//! new contacts told each other's state, typing to the other members only,
+//! nothing stored, the config switches, and the command line.
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -35,11 +35,33 @@ async fn next_presence(events: &mut broadcast::Receiver<Event>) -> PresenceInfo 
     }
 }
 
+/// The next typing event (presence events, such as new contacts being
+/// introduced, are skipped).
 async fn next_typing(events: &mut broadcast::Receiver<Event>) -> TypingNotice {
-    match next_event(events).await {
-        Event::Typing(t) => t,
-        other => panic!("expected a typing event, got {other:?}"),
+    loop {
+        if let Event::Typing(t) = next_event(events).await {
+            return t;
+        }
     }
+}
+
+/// The next `n` presence events as (user, state), sorted by user: for events
+/// that have no defined order between them (those of one membership change).
+async fn presences(
+    events: &mut broadcast::Receiver<Event>,
+    n: usize,
+) -> Vec<(String, PresenceState)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let p = next_presence(events).await;
+        got.push((p.user, p.state));
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    got
+}
+
+fn pairs(list: &[(&str, PresenceState)]) -> Vec<(String, PresenceState)> {
+    list.iter().map(|(u, s)| (u.to_string(), *s)).collect()
 }
 
 /// Asserts that no presence or typing event is queued now.
@@ -71,6 +93,12 @@ async fn presence_follows_every_device_of_a_contact() {
     let _inbox = alice.subscribe().await.unwrap();
     let mut stranger = carol.events();
     let _carol_inbox = carol.subscribe().await.unwrap();
+
+    // The first message made them contacts: alice was told bob is online.
+    assert_eq!(
+        state(&next_presence(&mut seen).await),
+        ("bob", PresenceState::Online)
+    );
 
     // Bob's only device leaves: offline, with when.
     bob.close().await;
@@ -143,6 +171,11 @@ async fn a_quick_reconnect_is_not_announced() {
         .unwrap();
     let mut seen = alice.events();
     let _inbox = alice.subscribe().await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut seen).await),
+        ("bob", PresenceState::Online),
+        "the first message introduced bob"
+    );
 
     // Bob's app restarts: its connection goes and a new one comes at once.
     let left = std::time::Instant::now();
@@ -175,8 +208,15 @@ async fn contacts_follow_group_membership() {
     // No shared conversation yet: nobody is listed.
     assert!(alice.presence().await.unwrap().users.is_empty());
 
-    // A group makes bob and carol alice's contacts.
+    // A group makes bob and carol alice's contacts; alice is told they are online.
     let conv = alice.group_create("trio", &["bob", "carol"]).await.unwrap();
+    assert_eq!(
+        presences(&mut seen, 2).await,
+        pairs(&[
+            ("bob", PresenceState::Online),
+            ("carol", PresenceState::Online)
+        ])
+    );
     bob.set_presence(PresenceState::Away).await.unwrap();
     assert_eq!(
         state(&next_presence(&mut seen).await),
@@ -204,6 +244,277 @@ async fn contacts_follow_group_membership() {
     let listed = alice.presence().await.unwrap().users;
     assert_eq!(listed.len(), 1);
     assert_eq!(state(&listed[0]), ("carol", PresenceState::Away));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_message_introduces_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let carol = server.user(&admin, "carol").await;
+    let mut at_alice = alice.events();
+    let _a = alice.subscribe().await.unwrap();
+    let mut at_bob = bob.events();
+    let mut bob_inbox = bob.subscribe().await.unwrap();
+    let mut at_carol = carol.events();
+    let _c = carol.subscribe().await.unwrap();
+    assert!(alice.presence().await.unwrap().users.is_empty());
+
+    // The first message makes them contacts: each is told the other is
+    // online (before or after the message itself: their order is not defined).
+    alice
+        .send(Target::User("bob".into()), "hi bob", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("alice", PresenceState::Online)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Online)
+    );
+    assert_eq!(text(&next(&mut bob_inbox).await), "hi bob");
+
+    // Only the first message introduces: after a second one, the next thing
+    // each hears is the other's own change.
+    alice
+        .send(Target::User("bob".into()), "again", None)
+        .await
+        .unwrap();
+    assert_eq!(text(&next(&mut bob_inbox).await), "again");
+    bob.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Away)
+    );
+    alice.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("alice", PresenceState::Away)
+    );
+
+    // Carol, no party to it, heard nothing of it: the first presence she
+    // hears is alice's, when alice writes to her (alice is away by now).
+    alice
+        .send(Target::User("carol".into()), "hi carol", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_carol).await),
+        ("alice", PresenceState::Away)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("carol", PresenceState::Online)
+    );
+    none_queued(&mut at_alice, "alice");
+    none_queued(&mut at_bob, "bob");
+    none_queued(&mut at_carol, "carol");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_to_a_group_and_the_members_are_introduced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let carol = server.user(&admin, "carol").await;
+    let mut at_alice = alice.events();
+    let _a = alice.subscribe().await.unwrap();
+    let mut at_bob = bob.events();
+    let _b = bob.subscribe().await.unwrap();
+    let mut at_carol = carol.events();
+    let _c = carol.subscribe().await.unwrap();
+
+    // A group of two introduces its members to each other.
+    let conv = alice.group_create("pair", &["bob"]).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Online)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("alice", PresenceState::Online)
+    );
+
+    // Carol, away, is added: the members hear she is away, she hears they
+    // are online.
+    carol.set_presence(PresenceState::Away).await.unwrap();
+    alice.group_add(conv, "carol").await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("carol", PresenceState::Away)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("carol", PresenceState::Away)
+    );
+    assert_eq!(
+        presences(&mut at_carol, 2).await,
+        pairs(&[
+            ("alice", PresenceState::Online),
+            ("bob", PresenceState::Online)
+        ])
+    );
+    // What was pushed is what `presence` says.
+    let listed: Vec<_> = carol.presence().await.unwrap().users;
+    let listed: Vec<_> = listed.iter().map(state).collect();
+    assert_eq!(
+        listed,
+        [
+            ("alice", PresenceState::Online),
+            ("bob", PresenceState::Online)
+        ]
+    );
+
+    // Each was introduced once: the next thing anyone hears is a change.
+    carol.set_presence(PresenceState::Online).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("carol", PresenceState::Online)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("carol", PresenceState::Online)
+    );
+    bob.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_carol).await),
+        ("bob", PresenceState::Away)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Away)
+    );
+
+    // Leaving makes no new contacts: nothing is pushed (the next thing
+    // alice hears is bob's change after it).
+    carol.group_leave(conv).await.unwrap();
+    bob.set_presence(PresenceState::Online).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Online)
+    );
+    none_queued(&mut at_alice, "alice");
+    none_queued(&mut at_bob, "bob");
+    none_queued(&mut at_carol, "carol");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_member_added_is_announced_to_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let dave = server.user(&admin, "dave").await;
+    let mut at_admin = admin.events();
+    let _d = admin.subscribe().await.unwrap();
+    let mut at_alice = alice.events();
+    let _a = alice.subscribe().await.unwrap();
+    let mut at_bob = bob.events();
+    let _b = bob.subscribe().await.unwrap();
+
+    // Dave leaves; once the admin, his contact, hears he is offline, his
+    // contacts were told and he is offline for good.
+    admin
+        .send(Target::User("dave".into()), "welcome", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_admin).await),
+        ("dave", PresenceState::Online)
+    );
+    dave.close().await;
+    assert_eq!(
+        state(&next_presence(&mut at_admin).await),
+        ("dave", PresenceState::Offline)
+    );
+
+    let conv = alice.group_create("pair", &["bob"]).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Online)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("alice", PresenceState::Online)
+    );
+
+    // Dave is added while offline: nobody hears of it. Events to a device
+    // keep their order, so the next thing alice and bob hear is each
+    // other's change after it, not dave.
+    alice.group_add(conv, "dave").await.unwrap();
+    bob.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("bob", PresenceState::Away)
+    );
+    alice.set_presence(PresenceState::Away).await.unwrap();
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("alice", PresenceState::Away)
+    );
+    none_queued(&mut at_admin, "admin");
+
+    // Dave is their contact all the same: listed offline, and his return is
+    // announced like any change.
+    let listed = alice.presence().await.unwrap().users;
+    let listed: Vec<_> = listed.iter().map(state).collect();
+    assert_eq!(
+        listed,
+        [
+            ("bob", PresenceState::Away),
+            ("dave", PresenceState::Offline)
+        ]
+    );
+    let _phone = server.login("dave", "phone").await;
+    assert_eq!(
+        state(&next_presence(&mut at_alice).await),
+        ("dave", PresenceState::Online)
+    );
+    assert_eq!(
+        state(&next_presence(&mut at_bob).await),
+        ("dave", PresenceState::Online)
+    );
+    none_queued(&mut at_alice, "alice");
+    none_queued(&mut at_bob, "bob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_just_after_leaving_is_online_until_the_grace_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let dave = server.user(&admin, "dave").await;
+    let mut at_alice = alice.events();
+    let _a = alice.subscribe().await.unwrap();
+    let conv = alice.group_create("solo", &[]).await.unwrap();
+
+    // Dave's last device leaves and he is added at once: his other contacts
+    // (none here) would still think him online, so alice is told that too,
+    // and hears he is offline when the grace ends, like everyone else.
+    let left = std::time::Instant::now();
+    dave.close().await;
+    alice.group_add(conv, "dave").await.unwrap();
+    if left.elapsed() < quince::presence::OFFLINE_GRACE / 2 {
+        assert_eq!(
+            state(&next_presence(&mut at_alice).await),
+            ("dave", PresenceState::Online)
+        );
+        let p = next_presence(&mut at_alice).await;
+        assert_eq!(state(&p), ("dave", PresenceState::Offline));
+        assert!(p.last_seen.is_some());
+    }
+    // (A machine too slow to add him within the grace announces nothing.)
+    let listed = alice.presence().await.unwrap().users;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(state(&listed[0]), ("dave", PresenceState::Offline));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,8 +598,9 @@ async fn typing_reaches_other_members_only_and_is_not_stored() {
     let direct = listed.iter().find(|c| c.conv == conv).unwrap();
     assert_eq!(direct.last_seq, 1);
 
-    // Carol, no contact of bob's, heard no presence or typing about bob:
-    // her first event is alice typing in a conversation they now share.
+    // Carol, no contact of bob's until the group, heard no typing about bob:
+    // her first typing event is alice typing in a conversation they now
+    // share. The group and that conversation introduced alice and bob to her.
     let with_carol = alice
         .send(Target::User("carol".into()), "hi carol", None)
         .await
@@ -302,6 +614,8 @@ async fn typing_reaches_other_members_only_and_is_not_stored() {
                 break;
             }
             Event::Typing(t) if t.conv == group => {} // her own group, before she left
+            Event::Presence(p)
+                if p.state == PresenceState::Online && ["alice", "bob"].contains(&&*p.user) => {}
             other => panic!("carol heard something not meant for her: {other:?}"),
         }
     }
