@@ -77,6 +77,12 @@ fn state(p: &PresenceInfo) -> (&str, PresenceState) {
     (p.user.as_str(), p.state)
 }
 
+/// Asserts that the next presence event says `user` is `expected`.
+async fn hears(events: &mut broadcast::Receiver<Event>, user: &str, expected: PresenceState) {
+    let p = next_presence(events).await;
+    assert_eq!(state(&p), (user, expected), "{p:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_follows_every_device_of_a_contact() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,10 +101,7 @@ async fn presence_follows_every_device_of_a_contact() {
     let _carol_inbox = carol.subscribe().await.unwrap();
 
     // The first message made them contacts: alice was told bob is online.
-    assert_eq!(
-        state(&next_presence(&mut seen).await),
-        ("bob", PresenceState::Online)
-    );
+    hears(&mut seen, "bob", PresenceState::Online).await;
 
     // Bob's only device leaves: offline, with when.
     bob.close().await;
@@ -120,19 +123,13 @@ async fn presence_follows_every_device_of_a_contact() {
     assert_eq!(listed.len(), 1, "only bob is alice's contact: {listed:?}");
     assert_eq!(state(&listed[0]), ("bob", PresenceState::Online));
     phone.set_presence(PresenceState::Away).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut seen).await),
-        ("bob", PresenceState::Away)
-    );
+    hears(&mut seen, "bob", PresenceState::Away).await;
     assert_eq!(
         state(&alice.presence().await.unwrap().users[0]),
         ("bob", PresenceState::Away)
     );
     phone.set_presence(PresenceState::Online).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut seen).await),
-        ("bob", PresenceState::Online)
-    );
+    hears(&mut seen, "bob", PresenceState::Online).await;
     // `offline` is what disconnecting is; a device cannot claim it.
     assert_eq!(
         refused(phone.set_presence(PresenceState::Offline).await),
@@ -142,10 +139,7 @@ async fn presence_follows_every_device_of_a_contact() {
     // The online device leaves: the away one remains, so bob is away; then
     // the last one leaves and bob is offline again, seen later than before.
     phone.close().await;
-    assert_eq!(
-        state(&next_presence(&mut seen).await),
-        ("bob", PresenceState::Away)
-    );
+    hears(&mut seen, "bob", PresenceState::Away).await;
     laptop.close().await;
     let p = next_presence(&mut seen).await;
     assert_eq!(state(&p), ("bob", PresenceState::Offline));
@@ -218,10 +212,7 @@ async fn contacts_follow_group_membership() {
         ])
     );
     bob.set_presence(PresenceState::Away).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut seen).await),
-        ("bob", PresenceState::Away)
-    );
+    hears(&mut seen, "bob", PresenceState::Away).await;
     let names: Vec<String> = alice
         .presence()
         .await
@@ -237,10 +228,7 @@ async fn contacts_follow_group_membership() {
     alice.group_remove(conv, "bob").await.unwrap();
     bob.set_presence(PresenceState::Online).await.unwrap();
     carol.set_presence(PresenceState::Away).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut seen).await),
-        ("carol", PresenceState::Away)
-    );
+    hears(&mut seen, "carol", PresenceState::Away).await;
     let listed = alice.presence().await.unwrap().users;
     assert_eq!(listed.len(), 1);
     assert_eq!(state(&listed[0]), ("carol", PresenceState::Away));
@@ -268,14 +256,8 @@ async fn a_first_message_introduces_both_sides() {
         .send(Target::User("bob".into()), "hi bob", None)
         .await
         .unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_bob).await),
-        ("alice", PresenceState::Online)
-    );
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("bob", PresenceState::Online)
-    );
+    hears(&mut at_bob, "alice", PresenceState::Online).await;
+    hears(&mut at_alice, "bob", PresenceState::Online).await;
     assert_eq!(text(&next(&mut bob_inbox).await), "hi bob");
 
     // Only the first message introduces: after a second one, the next thing
@@ -286,15 +268,9 @@ async fn a_first_message_introduces_both_sides() {
         .unwrap();
     assert_eq!(text(&next(&mut bob_inbox).await), "again");
     bob.set_presence(PresenceState::Away).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("bob", PresenceState::Away)
-    );
+    hears(&mut at_alice, "bob", PresenceState::Away).await;
     alice.set_presence(PresenceState::Away).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_bob).await),
-        ("alice", PresenceState::Away)
-    );
+    hears(&mut at_bob, "alice", PresenceState::Away).await;
 
     // Carol, no party to it, heard nothing of it: the first presence she
     // hears is alice's, when alice writes to her (alice is away by now).
@@ -302,14 +278,8 @@ async fn a_first_message_introduces_both_sides() {
         .send(Target::User("carol".into()), "hi carol", None)
         .await
         .unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_carol).await),
-        ("alice", PresenceState::Away)
-    );
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("carol", PresenceState::Online)
-    );
+    hears(&mut at_carol, "alice", PresenceState::Away).await;
+    hears(&mut at_alice, "carol", PresenceState::Online).await;
     none_queued(&mut at_alice, "alice");
     none_queued(&mut at_bob, "bob");
     none_queued(&mut at_carol, "carol");
@@ -332,27 +302,15 @@ async fn a_member_added_to_a_group_and_the_members_are_introduced() {
 
     // A group of two introduces its members to each other.
     let conv = alice.group_create("pair", &["bob"]).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("bob", PresenceState::Online)
-    );
-    assert_eq!(
-        state(&next_presence(&mut at_bob).await),
-        ("alice", PresenceState::Online)
-    );
+    hears(&mut at_alice, "bob", PresenceState::Online).await;
+    hears(&mut at_bob, "alice", PresenceState::Online).await;
 
     // Carol, away, is added: the members hear she is away, she hears they
     // are online.
     carol.set_presence(PresenceState::Away).await.unwrap();
     alice.group_add(conv, "carol").await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("carol", PresenceState::Away)
-    );
-    assert_eq!(
-        state(&next_presence(&mut at_bob).await),
-        ("carol", PresenceState::Away)
-    );
+    hears(&mut at_alice, "carol", PresenceState::Away).await;
+    hears(&mut at_bob, "carol", PresenceState::Away).await;
     assert_eq!(
         presences(&mut at_carol, 2).await,
         pairs(&[
@@ -373,32 +331,17 @@ async fn a_member_added_to_a_group_and_the_members_are_introduced() {
 
     // Each was introduced once: the next thing anyone hears is a change.
     carol.set_presence(PresenceState::Online).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("carol", PresenceState::Online)
-    );
-    assert_eq!(
-        state(&next_presence(&mut at_bob).await),
-        ("carol", PresenceState::Online)
-    );
+    hears(&mut at_alice, "carol", PresenceState::Online).await;
+    hears(&mut at_bob, "carol", PresenceState::Online).await;
     bob.set_presence(PresenceState::Away).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_carol).await),
-        ("bob", PresenceState::Away)
-    );
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("bob", PresenceState::Away)
-    );
+    hears(&mut at_carol, "bob", PresenceState::Away).await;
+    hears(&mut at_alice, "bob", PresenceState::Away).await;
 
     // Leaving makes no new contacts: nothing is pushed (the next thing
     // alice hears is bob's change after it).
     carol.group_leave(conv).await.unwrap();
     bob.set_presence(PresenceState::Online).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("bob", PresenceState::Online)
-    );
+    hears(&mut at_alice, "bob", PresenceState::Online).await;
     none_queued(&mut at_alice, "alice");
     none_queued(&mut at_bob, "bob");
     none_queued(&mut at_carol, "carol");
@@ -425,40 +368,22 @@ async fn an_offline_member_added_is_announced_to_nobody() {
         .send(Target::User("dave".into()), "welcome", None)
         .await
         .unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_admin).await),
-        ("dave", PresenceState::Online)
-    );
+    hears(&mut at_admin, "dave", PresenceState::Online).await;
     dave.close().await;
-    assert_eq!(
-        state(&next_presence(&mut at_admin).await),
-        ("dave", PresenceState::Offline)
-    );
+    hears(&mut at_admin, "dave", PresenceState::Offline).await;
 
     let conv = alice.group_create("pair", &["bob"]).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("bob", PresenceState::Online)
-    );
-    assert_eq!(
-        state(&next_presence(&mut at_bob).await),
-        ("alice", PresenceState::Online)
-    );
+    hears(&mut at_alice, "bob", PresenceState::Online).await;
+    hears(&mut at_bob, "alice", PresenceState::Online).await;
 
     // Dave is added while offline: nobody hears of it. Events to a device
     // keep their order, so the next thing alice and bob hear is each
     // other's change after it, not dave.
     alice.group_add(conv, "dave").await.unwrap();
     bob.set_presence(PresenceState::Away).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("bob", PresenceState::Away)
-    );
+    hears(&mut at_alice, "bob", PresenceState::Away).await;
     alice.set_presence(PresenceState::Away).await.unwrap();
-    assert_eq!(
-        state(&next_presence(&mut at_bob).await),
-        ("alice", PresenceState::Away)
-    );
+    hears(&mut at_bob, "alice", PresenceState::Away).await;
     none_queued(&mut at_admin, "admin");
 
     // Dave is their contact all the same: listed offline, and his return is
@@ -473,14 +398,8 @@ async fn an_offline_member_added_is_announced_to_nobody() {
         ]
     );
     let _phone = server.login("dave", "phone").await;
-    assert_eq!(
-        state(&next_presence(&mut at_alice).await),
-        ("dave", PresenceState::Online)
-    );
-    assert_eq!(
-        state(&next_presence(&mut at_bob).await),
-        ("dave", PresenceState::Online)
-    );
+    hears(&mut at_alice, "dave", PresenceState::Online).await;
+    hears(&mut at_bob, "dave", PresenceState::Online).await;
     none_queued(&mut at_alice, "alice");
     none_queued(&mut at_bob, "bob");
 }
@@ -503,10 +422,7 @@ async fn a_member_added_just_after_leaving_is_online_until_the_grace_ends() {
     dave.close().await;
     alice.group_add(conv, "dave").await.unwrap();
     if left.elapsed() < quince::presence::OFFLINE_GRACE / 2 {
-        assert_eq!(
-            state(&next_presence(&mut at_alice).await),
-            ("dave", PresenceState::Online)
-        );
+        hears(&mut at_alice, "dave", PresenceState::Online).await;
         let p = next_presence(&mut at_alice).await;
         assert_eq!(state(&p), ("dave", PresenceState::Offline));
         assert!(p.last_seen.is_some());
