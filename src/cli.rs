@@ -1034,7 +1034,7 @@ async fn hold_presence(profile_name: &str, state: PresenceArg) -> anyhow::Result
 }
 
 /// "away", "online", "offline, last seen 14:02:11" (UTC; with the date when
-/// over a day ago), or "offline" when the server has not seen them since it started.
+/// over a day ago), or "offline" when the server has never seen them leave.
 fn presence_state(info: &quince::protocol::PresenceInfo) -> String {
     use quince::protocol::PresenceState;
     match (info.state, info.last_seen) {

@@ -2,16 +2,21 @@
 //!
 //! A user's *contacts* are the people who share an active membership of a
 //! conversation with them (a direct conversation, or a group neither has
-//! left). Presence is ephemeral: it lives in memory only, is never written to
-//! the store, and starts empty when the server starts.
+//! left). Presence is ephemeral: states live in memory only and start empty
+//! (everyone offline) when the server starts. The one thing stored is each
+//! user's `last_seen`, so "last seen" survives a restart.
 //!
 //! # States
 //! Each logged-in connection is `online` from login until it says `away` with
 //! `set_presence` (and `online` again when it is back in use). A user is
 //! `online` when any connected device is online, `away` when every connected
 //! device said away, and `offline` when none is connected. `last_seen` is when
-//! the user's last device disconnected; it is kept in memory, so for users not
-//! seen since the server started it is unknown (absent).
+//! the user's last device disconnected. It is written to the store when the
+//! user is settled offline (after [`OFFLINE_GRACE`], so a reconnecting app
+//! costs no write), before contacts are told, and, for users still connected
+//! (as the time of the shutdown) or within the grace, when the server shuts
+//! down; after a power cut, a user who was connected keeps the time recorded
+//! before. It is absent for users never seen.
 //!
 //! # New contacts
 //! When a membership change makes users contacts (a direct conversation's
@@ -72,7 +77,7 @@ use crate::hub::{self, Hub};
 use crate::id_lists::IdLists;
 use crate::protocol::{self, Event, PresenceInfo, PresenceList, PresenceState};
 use crate::server::State;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteOp};
 
 /// How long a user whose last device disconnected has to come back before
 /// their contacts are told they are offline.
@@ -202,6 +207,16 @@ impl Presence {
         })
     }
 
+    /// When the user left, if they are still offline since departure number
+    /// `departure`.
+    fn left_at(&self, user: u64, departure: u64) -> Option<u64> {
+        let users = lock(&self.users);
+        let p = users.get(&user)?;
+        (p.departures == departure && p.state() == PresenceState::Offline)
+            .then_some(p.last_seen)
+            .flatten()
+    }
+
     /// Tells the contacts that the user is offline, if they still are since
     /// departure number `departure`; their contact list is then dropped (lists
     /// are kept for connected users only, not for every user ever seen).
@@ -226,10 +241,26 @@ impl Presence {
         }
     }
 
+    /// Every user seen since the server started, with when they were last
+    /// seen (`now` for those still connected): written at shutdown, for users
+    /// whose `last_seen` is not recorded yet.
+    fn last_seen_at_shutdown(&self, now: u64) -> Vec<(u64, u64)> {
+        lock(&self.users)
+            .iter()
+            .filter_map(|(&user, p)| match p.state() {
+                PresenceState::Offline => p.last_seen.map(|at| (user, at)),
+                _ => Some((user, now)),
+            })
+            .collect()
+    }
+
     /// Every contact of `user` with their presence, sorted by name.
     pub fn list(&self, store: &Store, user: u64) -> Result<PresenceList, StoreError> {
         let contacts = self.contacts(store, user)?;
         let named = self.names(store, &contacts)?;
+        // Read for every contact, before the lock: the answer is then one
+        // consistent view of memory, which wins for anyone seen since start.
+        let recorded: HashMap<u64, u64> = store.last_seen(&contacts)?.into_iter().collect();
         let users = lock(&self.users);
         let mut list: Vec<PresenceInfo> = named
             .iter()
@@ -238,7 +269,7 @@ impl Presence {
                 None => PresenceInfo {
                     user: name.to_string(),
                     state: PresenceState::Offline,
-                    last_seen: None,
+                    last_seen: recorded.get(id).copied(),
                 },
             })
             .collect();
@@ -384,11 +415,38 @@ pub fn disconnected(state: &Arc<State>, user: u64, name: &str, conn: u64) {
     let (state, name) = (Arc::downgrade(state), name.to_string());
     tokio::spawn(async move {
         tokio::time::sleep(OFFLINE_GRACE).await;
-        if let Some(state) = state.upgrade() {
-            let (store, hub) = (&state.store, &state.hub);
-            state.presence.settle(store, hub, user, &name, departure);
-        }
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let Some(left) = state.presence.left_at(user, departure) else {
+            return;
+        };
+        // Recorded first, so once contacts hear "offline" the time is durable.
+        // If the user is back meanwhile, it still is when they last left.
+        let (store, hub) = (&state.store, &state.hub);
+        record(store, vec![(user, left)]).await;
+        state.presence.settle(store, hub, user, &name, departure);
     });
+}
+
+/// Records when every user seen since the server started was last seen (a
+/// shutdown disconnects everyone, too late for [`OFFLINE_GRACE`] to end).
+/// Called once the connections are closed, before the store is.
+pub async fn shutting_down(state: &State) {
+    if !state.presence.enabled() {
+        return;
+    }
+    let seen = state.presence.last_seen_at_shutdown(now_ms());
+    if !seen.is_empty() {
+        record(&state.store, seen).await;
+    }
+}
+
+async fn record(store: &Store, seen: Vec<(u64, u64)>) {
+    match store.write(WriteOp::LastSeen { seen }).await {
+        Ok(_) | Err(StoreError::Closed) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot record when users were last seen"),
+    }
 }
 
 /// Whether a change by which `joined` users joined a conversation of

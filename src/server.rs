@@ -374,6 +374,7 @@ impl Server {
             connections.shutdown().await;
         }
         endpoint.close(close::SHUTDOWN.into(), b"server shutting down");
+        crate::presence::shutting_down(&state).await;
         drop(state);
         let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
         // Stop petting before the store closes (the petter holds a store

@@ -90,6 +90,9 @@ const CURSORS: TableDefinition<[u8; 16], u64> = TableDefinition::new("cursors");
 const READ_MARKERS: TableDefinition<[u8; 16], u64> = TableDefinition::new("read_markers");
 const TEXT_ORDINALS: TableDefinition<[u8; 16], u64> = TableDefinition::new("text_ordinals");
 const EDITS: TableDefinition<[u8; 24], ()> = TableDefinition::new("edits");
+/// When each user's last device disconnected (ms since the epoch): presence's
+/// `last_seen`, kept across restarts.
+const LAST_SEEN: TableDefinition<u64, u64> = TableDefinition::new("last_seen");
 /// Most reactions (user and emoji pairs) one message holds, so a message
 /// always fits in a frame.
 pub const MAX_REACTIONS: usize = 1000;
@@ -422,6 +425,10 @@ pub enum WriteOp {
     ExpireUnsent {
         before: u64,
     },
+    /// Record when users were last seen: (user id, ms since the epoch).
+    LastSeen {
+        seen: Vec<(u64, u64)>,
+    },
 }
 
 /// What [`WriteOp::Amend`] does to the message.
@@ -589,6 +596,7 @@ impl Store {
             txn.open_table(READ_MARKERS)?;
             txn.open_table(TEXT_ORDINALS)?;
             txn.open_table(EDITS)?;
+            txn.open_table(LAST_SEEN)?;
             attachments::create_tables(&txn)?;
         }
         txn.commit()?;
@@ -1110,6 +1118,19 @@ impl Store {
         Ok(out)
     }
 
+    /// When these users were last seen (those recorded), in one read transaction.
+    pub fn last_seen(&self, ids: &[u64]) -> Result<Vec<(u64, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LAST_SEEN)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(at) = table.get(*id)? {
+                out.push((*id, at.value()));
+            }
+        }
+        Ok(out)
+    }
+
     /// User ids of the active members of a conversation (empty if there is none).
     pub fn active_member_ids(&self, conv: u64) -> Result<Vec<u64>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -1220,6 +1241,7 @@ struct Writer<'t, 'c> {
     read_markers: Table<'t, [u8; 16], u64>,
     text_ordinals: Table<'t, [u8; 16], u64>,
     edits: Table<'t, [u8; 24], ()>,
+    last_seen: Table<'t, u64, u64>,
     att: attachments::Tables<'t>,
 }
 
@@ -1244,6 +1266,7 @@ impl<'t, 'c> Writer<'t, 'c> {
             read_markers: txn.open_table(READ_MARKERS)?,
             text_ordinals: txn.open_table(TEXT_ORDINALS)?,
             edits: txn.open_table(EDITS)?,
+            last_seen: txn.open_table(LAST_SEEN)?,
             att: attachments::Tables::open(txn)?,
         })
     }
@@ -2135,6 +2158,12 @@ impl<'t, 'c> Writer<'t, 'c> {
                     created_by: *created_by,
                 };
                 self.invites.insert(*token_hash, enc(&rec).as_slice())?;
+                Ok(WriteOutcome::Done)
+            }
+            WriteOp::LastSeen { seen } => {
+                for &(user, at) in seen {
+                    self.last_seen.insert(user, at)?;
+                }
                 Ok(WriteOutcome::Done)
             }
             WriteOp::SetDisabled { username, disabled } => {

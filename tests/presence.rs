@@ -1,7 +1,8 @@
 //! Presence and typing indicators, over real QUIC against the real server:
 //! aggregate state over a user's devices, who hears about it (contacts only),
-//! new contacts told each other's state, typing to the other members only,
-//! nothing stored, the config switches, and the command line.
+//! new contacts told each other's state, last seen kept across restarts,
+//! typing to the other members only and not stored, the config switches, and
+//! the command line.
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -187,6 +188,82 @@ async fn a_quick_reconnect_is_not_announced() {
     }
     // Otherwise the first thing alice heard is bob going away.
     assert_eq!(state(&p), ("bob", PresenceState::Away));
+}
+
+/// Skips events until one says `user` is offline, and returns its `last_seen`.
+async fn offline(events: &mut broadcast::Receiver<Event>, user: &str) -> u64 {
+    loop {
+        let p = next_presence(events).await;
+        if p.user == user && p.state == PresenceState::Offline {
+            return p.last_seen.expect("last_seen with offline");
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// "Last seen" is kept across restarts: it is recorded before contacts hear
+/// that a user went offline (so a power cut right after keeps it), and at a
+/// clean shutdown for users still connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seen_survives_a_power_cut_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path());
+    let admin = server.admin().await;
+    let alice = server.user(&admin, "alice").await;
+    let bob = server.user(&admin, "bob").await;
+    let _carol = server.user(&admin, "carol").await;
+    for peer in ["bob", "carol"] {
+        alice
+            .send(Target::User(peer.into()), "hi", None)
+            .await
+            .unwrap();
+    }
+    let mut seen = alice.events();
+    let _inbox = alice.subscribe().await.unwrap();
+    bob.close().await;
+    let bob_left = offline(&mut seen, "bob").await;
+
+    // The power goes the moment alice hears it; carol is still connected.
+    let (data, addr) = server.kill9();
+    let server = TestServer::start_on(&data, addr);
+    let alice = server.login("alice", "laptop").await;
+    let offline_since = |user: &str, at: Option<u64>| PresenceInfo {
+        user: user.into(),
+        state: PresenceState::Offline,
+        last_seen: at,
+    };
+    assert_eq!(
+        alice.presence().await.unwrap().users,
+        [
+            offline_since("bob", Some(bob_left)),
+            offline_since("carol", None)
+        ],
+        "bob's time was recorded before alice heard it; carol was never seen leaving"
+    );
+
+    // Carol is connected when the server is stopped cleanly.
+    let _carol = server.login("carol", "phone").await;
+    let listed = alice.presence().await.unwrap().users;
+    assert_eq!(state(&listed[1]), ("carol", PresenceState::Online));
+    let before = now_ms();
+    assert!(server.terminate().success());
+    let after = now_ms();
+    let server = TestServer::start_on(&data, addr);
+    let alice = server.login("alice", "laptop").await;
+    let listed = alice.presence().await.unwrap().users;
+    assert_eq!(listed[0], offline_since("bob", Some(bob_left)));
+    assert_eq!(state(&listed[1]), ("carol", PresenceState::Offline));
+    let carol_left = listed[1].last_seen.expect("carol's shutdown time recorded");
+    assert!(
+        (before..=after).contains(&carol_left),
+        "{before} <= {carol_left} <= {after}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,9 +16,9 @@ use redb::{
 };
 
 use super::{
-    CONVS, CURSORS, DEVICE_TOKENS, DEVICES, DIRECT, EDITS, INVITES, MEMBERS, MESSAGE_IDS, MESSAGES,
-    META, READ_MARKERS, SCHEMA_VERSION, Store, StoreError, TEXT_ORDINALS, USER_CONVS, USER_DEVICES,
-    USERNAMES, USERS,
+    CONVS, CURSORS, DEVICE_TOKENS, DEVICES, DIRECT, EDITS, INVITES, LAST_SEEN, MEMBERS,
+    MESSAGE_IDS, MESSAGES, META, READ_MARKERS, SCHEMA_VERSION, Store, StoreError, TEXT_ORDINALS,
+    USER_CONVS, USER_DEVICES, USERNAMES, USERS,
 };
 
 /// Bytes of keys and values copied per transaction of the copy.
@@ -54,6 +54,7 @@ fn each_table(v: &mut impl TableVisitor) -> Result<(), StoreError> {
     v.visit(READ_MARKERS)?;
     v.visit(TEXT_ORDINALS)?;
     v.visit(EDITS)?;
+    v.visit(LAST_SEEN)?;
     v.visit(super::attachments::UPLOADS)?;
     v.visit(super::attachments::UPLOAD_INDEX)?;
     v.visit(super::attachments::BLOBS)?;
