@@ -33,6 +33,8 @@ pub enum Scenario {
     Reconnect,
     /// One device syncing many missed messages.
     CatchUp,
+    /// One attachment uploaded, downloaded and uploaded again (deduplicated).
+    Attachments,
     /// Opening the store after the server was killed, by database size.
     Repair,
     /// `quince backup` of a running server, by database size.
@@ -180,6 +182,9 @@ pub async fn run(args: BenchArgs, profile: &str) -> anyhow::Result<()> {
     }
     if args.wants(Scenario::CatchUp) {
         report.scenarios.push(quince.catch_up().await?);
+    }
+    if args.wants(Scenario::Attachments) {
+        report.scenarios.push(quince.attachments().await?);
     }
     if args.wants(Scenario::Repair) && !args.remote {
         report.scenarios.push(quince.repair().await?);

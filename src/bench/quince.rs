@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use quince::auth;
 use quince::client::{self, Client};
-use quince::protocol::{Body, Message, Role, Target};
+use quince::protocol::{AttachmentRef, Body, Message, Role, Target};
 use quince::store::{Store, WriteOp, WriteOutcome};
 use quince::tls::Trust;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -533,6 +533,96 @@ impl Bench {
                 "From connecting (QUIC handshake and resume) to the last message handed to the \
                  app by the client library's exactly-once inbox, which pages history and \
                  acknowledges as it goes."
+                    .into(),
+            ],
+        })
+    }
+
+    /// Scenario 6: one attachment sent and fetched. The upload is timed as an
+    /// app sees it (hashing the file, then streaming it); the recipient then
+    /// downloads it (the client checks its SHA-256) and uploads the same file
+    /// itself, which the server already stores. Server memory shows whether
+    /// files stream through or are held.
+    pub async fn attachments(&self) -> anyhow::Result<ScenarioResult> {
+        let mib: u64 = if self.quick { 32 } else { 100 };
+        let (server, seeded) = self.prepare("attachments", 2, 0).await?;
+        let endpoint = client::endpoint("127.0.0.1:0".parse()?)?;
+        let sender = resume(&endpoint, server.addr, &seeded.tokens[0]).await?;
+        let recipient = resume(&endpoint, server.addr, &seeded.tokens[1]).await?;
+        let source = self.work_dir.join("attachment.bin");
+        let fetched = self.work_dir.join("attachment.fetched");
+        let _ = std::fs::remove_file(&fetched);
+        let _ = std::fs::remove_file(client::part_path(&fetched));
+        let hashing = tokio::task::spawn_blocking({
+            let source = source.clone();
+            move || write_random_file(&source, mib << 20)
+        })
+        .await??;
+        let idle = server.rss().await;
+
+        let start = Instant::now();
+        let uploaded = sender.upload(&source, |_, _| {}).await?;
+        let upload = start.elapsed();
+        let draft = client::Draft {
+            attachment: Some(AttachmentRef {
+                id: uploaded.id.clone(),
+                name: "attachment.bin".into(),
+                mime: None,
+            }),
+            ..Default::default()
+        };
+        let to = Target::User(seeded.names[1].clone());
+        sender.send_draft(to, client::new_mid(), draft).await?;
+
+        let start = Instant::now();
+        let size = recipient
+            .download(&uploaded.id, &fetched, |_, _| {})
+            .await?;
+        let download = start.elapsed();
+        if size != mib << 20 {
+            bail!("attachments: downloaded {size} bytes of {}", mib << 20);
+        }
+        let start = Instant::now();
+        let again = recipient.upload(&source, |_, _| {}).await?;
+        let stored = start.elapsed();
+        if again.id != uploaded.id {
+            bail!("attachments: the same file got another id");
+        }
+        let rss = server.rss().await;
+        server.stop().await?;
+        let _ = std::fs::remove_file(&source);
+        let _ = std::fs::remove_file(&fetched);
+        let rate = |took: Duration| mib as f64 / took.as_secs_f64();
+        eprintln!(
+            "attachments: {mib} MiB up in {upload:.2?}, down in {download:.2?}, \
+             again in {stored:.2?} (hashing {hashing:.2?})"
+        );
+        Ok(ScenarioResult {
+            id: "attachments".into(),
+            title: "attachment upload and download".into(),
+            system: "quince".into(),
+            params: vec![("file size".into(), format!("{mib} MiB"))],
+            figures: vec![
+                Figure::new("upload MiB/s (hashing included)", rate(upload), "MiB/s"),
+                Figure::new("download MiB/s (hash checked)", rate(download), "MiB/s"),
+                Figure::new("upload MiB/s, a file already stored", rate(stored), "MiB/s"),
+                Figure::new(
+                    "client SHA-256 of the file (cached)",
+                    hashing.as_secs_f64(),
+                    "s",
+                ),
+                Figure::new("server RSS before", idle.rss_mib(), "MiB"),
+                Figure::new("server peak RSS", rss.peak_mib(), "MiB"),
+            ],
+            steps: vec![],
+            notes: vec![
+                "Over QUIC on loopback, one file at a time. The upload is `Client::upload` as an \
+                 app calls it: the client hashes the file, then streams it; the server writes \
+                 it under the data directory, checks its SHA-256 and fsyncs it before \
+                 `upload_finish` answers. In the second upload the recipient uploads the same \
+                 file: its bytes are sent again, as knowing a file's id is no proof of having \
+                 it, but it is stored once. (To forward a file it can read, a client sends its \
+                 id without uploading.)"
                     .into(),
             ],
         })
@@ -1237,4 +1327,23 @@ impl Deliveries {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = run.clone();
         run
     }
+}
+
+/// Writes `len` random (incompressible) bytes to `path`, and returns how long
+/// hashing them takes (SHA-256, as a client does before an upload).
+fn write_random_file(path: &Path, len: u64) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        rand::fill(&mut chunk[..n]);
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    file.into_inner()?.sync_all()?;
+    let start = Instant::now();
+    quince::attachment::hash_reader(&mut std::fs::File::open(path)?)?;
+    Ok(start.elapsed())
 }
