@@ -242,8 +242,9 @@ impl Presence {
     }
 
     /// Every user seen since the server started, with when they were last
-    /// seen (`now` for those still connected): written at shutdown, for users
-    /// whose `last_seen` is not recorded yet.
+    /// seen (`now` for those still connected), to write at shutdown. Times
+    /// already recorded are written again: simpler than tracking which are,
+    /// and it is one commit.
     fn last_seen_at_shutdown(&self, now: u64) -> Vec<(u64, u64)> {
         lock(&self.users)
             .iter()
